@@ -1,0 +1,24 @@
+//! Command-line interface: one module per subcommand. Each parses its flags (clap derive)
+//! into the library's request types and runs them; nothing here owns data.
+
+pub mod profile;
+
+use clap::{Parser, Subcommand};
+
+/// Hindsight: eBPF host profiler and evidence-capture agent.
+#[derive(Parser, Debug)]
+#[command(name = "hindsight", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace). HINDSIGHT_LOG overrides, with
+    /// tracing's filter syntax.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Profile(profile::ProfileArgs),
+}

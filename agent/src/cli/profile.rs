@@ -1,0 +1,60 @@
+//! `hindsight profile`: sample stacks with eBPF and write folded stacks and flame graphs.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+/// Sample on-CPU stacks with eBPF and write folded stacks and a flame graph.
+///
+/// Samples every online CPU at --frequency Hz (software cpu-clock), keeps the user and
+/// kernel stacks of the selected tasks (filtered in the kernel), symbolizes them and writes
+/// OUTPUT_DIR/cpu.folded and OUTPUT_DIR/cpu.svg. Needs root, or CAP_BPF + CAP_PERFMON +
+/// CAP_SYS_PTRACE (to read other processes' memory maps and binaries).
+///
+/// Examples:
+///   hindsight profile --pid 4242 --duration 10 --output-dir ./prof
+///   hindsight profile --unit nginx.service --duration 30
+///   hindsight profile --all --frequency 49 --duration 60
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct ProfileArgs {
+    /// Profile this process (all its threads). Repeatable. Processes it starts later are
+    /// not included; use --unit or --cgroup for that.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Profile every process in this cgroup v2 and its descendants: a path under
+    /// /sys/fs/cgroup, or relative to it (e.g. system.slice/nginx.service). Repeatable.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+
+    /// Profile a systemd unit by name (its cgroup, e.g. payments.service). Repeatable.
+    #[arg(long = "unit", value_name = "NAME")]
+    pub units: Vec<String>,
+
+    /// Profile the whole system. The default when no --pid, --cgroup or --unit is given.
+    #[arg(long, conflicts_with_all = ["pids", "cgroups", "units"])]
+    pub all: bool,
+
+    /// How long to sample, in seconds. Ctrl-C ends sampling early and still writes the
+    /// profile.
+    #[arg(long, short = 'd', default_value_t = 10.0, value_name = "SECONDS")]
+    pub duration: f64,
+
+    /// Samples per second per CPU. 99 (not 100) avoids lockstep with timers.
+    #[arg(long, short = 'F', default_value_t = 99, value_name = "HZ",
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+
+    /// Directory for cpu.folded and cpu.svg (created if missing).
+    #[arg(long, short = 'o', default_value = ".", value_name = "DIR")]
+    pub output_dir: PathBuf,
+}
+
+pub fn run(args: ProfileArgs) -> Result<()> {
+    let request = crate::profile::ProfileRequest::from_cli(&args)?;
+    let report = crate::profile::run(&request).context("profiling failed")?;
+    println!("{report}");
+    Ok(())
+}

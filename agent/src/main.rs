@@ -1,0 +1,48 @@
+//! The `hindsight` binary: parse the command line, set up logging, dispatch, and print any
+//! error as its whole chain (`{:#}`) with a non-zero exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use hindsight::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Profile(args) => hindsight::cli::profile::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("hindsight: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,hindsight=info",
+        1 => "info,hindsight=debug",
+        _ => "debug,hindsight=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HINDSIGHT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

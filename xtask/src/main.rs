@@ -1,0 +1,189 @@
+//! `cargo xtask`: the project's own set-up, build, test and bench commands.
+//!
+//! It is built by whatever toolchain runs it (the machine's stock stable on a fresh
+//! machine: `cargo +stable xtask ...`), installs what the project pins, then drives the
+//! pinned toolchain explicitly (`cargo +<pinned>`), so it never depends on rustup
+//! auto-installing anything (`RUSTUP_AUTO_INSTALL=0` here).
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Hindsight developer tasks", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: apt packages (llvm-22-dev, libc6-dbg), the pinned rustup
+    /// toolchains with their components, and bpf-linker built against LLVM 22. Idempotent.
+    Setup,
+    /// Set up, then build the release agent (eBPF included) at target/release/hindsight.
+    Build,
+    /// Set up, build, then run target/release/hindsight with the given arguments.
+    Run {
+        /// Arguments for hindsight, after `--` (e.g. `-- profile --pid 4242 --duration 10`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then check formatting and clippy and run the whole test suite (needs root
+    /// for the eBPF tests; without it they fail with a message saying so).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test-name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, then run the benchmarks and print their report.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let ws = Workspace::locate()?;
+    match cli.command {
+        Task::Setup => setup::setup(&ws),
+        Task::Build => {
+            setup::setup(&ws)?;
+            ws.build_release()
+        }
+        Task::Run { args } => {
+            setup::setup(&ws)?;
+            ws.build_release()?;
+            let status = Command::new(ws.release_binary())
+                .args(&args)
+                .status()
+                .context("running target/release/hindsight")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            setup::setup(&ws)?;
+            ws.cargo(&["fmt", "--all", "--check"])?;
+            ws.cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            // Release, so the tests reuse the artifacts of `cargo xtask build` and the
+            // profiler under test runs at the speed users see.
+            let mut test = vec!["test", "--workspace", "--release"];
+            test.extend(args.iter().map(String::as_str));
+            ws.cargo(&test)
+        }
+        Task::Bench(args) => {
+            setup::setup(&ws)?;
+            setup::ensure_bench_tools()?;
+            ws.build_release()?;
+            bench::run(&ws, &args)
+        }
+    }
+}
+
+/// The repository and the toolchains it pins.
+pub struct Workspace {
+    pub root: PathBuf,
+    /// From rust-toolchain.toml: builds the agent and the tests.
+    pub toolchain: String,
+    /// From `[workspace.metadata.hindsight] ebpf-toolchain`: builds the eBPF programs.
+    pub ebpf_toolchain: String,
+}
+
+impl Workspace {
+    fn locate() -> Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask has no parent directory")?
+            .to_path_buf();
+        let toolchain_file = root.join("rust-toolchain.toml");
+        let text = std::fs::read_to_string(&toolchain_file)
+            .with_context(|| format!("reading {}", toolchain_file.display()))?;
+        let value: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("parsing {}", toolchain_file.display()))?;
+        let toolchain = value["toolchain"]["channel"]
+            .as_str()
+            .context("rust-toolchain.toml: [toolchain] channel missing")?
+            .to_owned();
+        let manifest = root.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        let value: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+        let ebpf_toolchain = value["workspace"]["metadata"]["hindsight"]["ebpf-toolchain"]
+            .as_str()
+            .context("Cargo.toml: [workspace.metadata.hindsight] ebpf-toolchain missing")?
+            .to_owned();
+        Ok(Self {
+            root,
+            toolchain,
+            ebpf_toolchain,
+        })
+    }
+
+    pub fn release_binary(&self) -> PathBuf {
+        self.root.join("target/release/hindsight")
+    }
+
+    fn build_release(&self) -> Result<()> {
+        self.cargo(&["build", "--release", "--package", "hindsight"])?;
+        println!("xtask: built {}", self.release_binary().display());
+        Ok(())
+    }
+
+    /// Runs `cargo +<pinned> ARGS` in the workspace root.
+    pub fn cargo(&self, args: &[&str]) -> Result<()> {
+        let mut cmd = self.cargo_command();
+        cmd.args(args);
+        run_checked(&mut cmd)
+    }
+
+    pub fn cargo_command(&self) -> Command {
+        let mut cmd = Command::new("cargo");
+        cmd.arg(format!("+{}", self.toolchain)).current_dir(&self.root);
+        // The outer `cargo +stable xtask` sets these for us; they must not leak into the
+        // pinned toolchain's build.
+        for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+}
+
+/// Runs a command, echoing it, and fails with its exit status.
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    println!("xtask: running {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+pub fn describe(cmd: &Command) -> String {
+    let mut text = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
