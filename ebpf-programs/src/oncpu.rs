@@ -1,15 +1,16 @@
 //! On-CPU sampling: a `perf_event` program attached to the software cpu-clock event of every
 //! online CPU. Each sample walks the user and kernel stacks into `STACKS` and adds one to
 //! `CPU_COUNTS[(tgid, user stack id, kernel stack id)]`. User space drains both maps when
-//! the profile ends (agent/src/bpf/oncpu.rs).
+//! the profile ends (agent/src/bpf/oncpu.rs). A raw tracepoint on `sched_process_exec`
+//! tells user space, through the next sample, that a process replaced its memory maps.
 
 use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::bpf_get_current_cgroup_id,
-    macros::{map, perf_event},
+    macros::{map, perf_event, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
-    programs::{PerfEventContext, tracing::StackIdContext as _},
+    programs::{PerfEventContext, RawTracePointContext, tracing::StackIdContext as _},
 };
 use hindsight_common::{Counter, NewProcess, StackKey, errno, filter};
 
@@ -38,7 +39,8 @@ static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// Processes already announced on `NEW_PROCESSES`.
+/// Processes already announced on `NEW_PROCESSES`; `oncpu_exec` forgets a process that
+/// execs, so that its next sample announces it again and user space re-reads its maps.
 #[map]
 static SEEN_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
@@ -175,4 +177,13 @@ fn add_sample(key: &StackKey) {
         }
         Err(_) => count(Counter::CountMapFull),
     }
+}
+
+/// A process called execve: its memory maps are new. Forget that it was announced, so its
+/// next sample announces it again. Raw tracepoint: needs neither tracefs nor kprobes.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn oncpu_exec(ctx: RawTracePointContext) -> i32 {
+    let tgid = ctx.tgid();
+    let _ = SEEN_TGIDS.remove(&tgid);
+    0
 }

@@ -1,8 +1,133 @@
 //! Helpers shared by the suites: the binary under test, fixture builds, root checks.
 
-use std::path::PathBuf;
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Mutex, MutexGuard, OnceLock},
+    time::Duration,
+};
 
 /// The `hindsight` binary built for this test run.
 pub fn hindsight_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hindsight"))
+}
+
+/// Runs `hindsight ARGS` to completion.
+pub fn hindsight(args: &[&str]) -> Output {
+    Command::new(hindsight_bin())
+        .args(args)
+        .output()
+        .expect("running hindsight")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// For a test that loads eBPF and profiles CPU-bound fixtures: `Some(guard)` when it can
+/// run. The guard runs such tests one at a time, since on a 2-core machine concurrent
+/// fixtures would steal each other's CPU time and appear in each other's `--all` profiles.
+///
+/// These tests need root (CI runs as root); elsewhere they fail with this message, unless
+/// HINDSIGHT_SKIP_ROOT_TESTS=1 says to skip them, which is printed so that a skip is never
+/// mistaken for a pass.
+pub fn require_root(test: &str) -> Option<MutexGuard<'static, ()>> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    if nix::unistd::geteuid().is_root() {
+        return Some(
+            SERIAL
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+    }
+    if std::env::var_os("HINDSIGHT_SKIP_ROOT_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED {test}: needs root (HINDSIGHT_SKIP_ROOT_TESTS=1)");
+        return None;
+    }
+    panic!(
+        "{test} needs root to load eBPF; run the suite as root (set HINDSIGHT_SKIP_ROOT_TESTS=1 to skip)"
+    );
+}
+
+/// Where fixtures are built: cargo's scratch directory for integration tests.
+fn fixture_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn source(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+fn run_build(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        text(&out.stderr)
+    );
+}
+
+/// tests/fixtures/split.c built with frame pointers: burns CPU in `work_a` and `work_b`.
+pub fn split_c() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = fixture_dir().join("split");
+        run_build(
+            Command::new("cc")
+                .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+                .arg(&out)
+                .arg(source("split.c")),
+        );
+        out
+    })
+}
+
+/// tests/fixtures/split.rs built with frame pointers: `rust_work_a` and `rust_work_b`.
+pub fn split_rust() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = fixture_dir().join("split-rs");
+        // The toolchain that builds this test builds the fixture too (rust-toolchain.toml).
+        run_build(
+            Command::new("rustc")
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args(["-O", "-g", "-C", "force-frame-pointers=yes", "-o"])
+                .arg(&out)
+                .arg(source("split.rs")),
+        );
+        out
+    })
+}
+
+/// A fixture process, killed when dropped.
+pub struct Workload {
+    pub child: Child,
+}
+
+impl Workload {
+    pub fn start(program: &Path, args: &[&str]) -> Self {
+        let child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        // Let it get past exec and into its loop.
+        std::thread::sleep(Duration::from_millis(200));
+        Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -77,15 +77,39 @@ fn run(cli: Cli) -> Result<()> {
             ws.cargo(&[
                 "clippy",
                 "--workspace",
+                "--exclude",
+                "hindsight-ebpf",
                 "--all-targets",
                 "--release",
                 "--",
                 "-D",
                 "warnings",
             ])?;
+            // The eBPF crate only builds for the BPF target, with its own toolchain.
+            let mut ebpf_clippy = ws.cargo_command_with(&ws.ebpf_toolchain);
+            ebpf_clippy.args([
+                "clippy",
+                "--package",
+                "hindsight-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            run_checked(&mut ebpf_clippy)?;
             // Release, so the tests reuse the artifacts of `cargo xtask build` and the
             // profiler under test runs at the speed users see.
-            let mut test = vec!["test", "--workspace", "--release"];
+            let mut test = vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "hindsight-ebpf",
+                "--release",
+            ];
             test.extend(args.iter().map(String::as_str));
             ws.cargo(&test)
         }

@@ -42,8 +42,8 @@ pub fn setup(ws: &Workspace) -> Result<()> {
     )?;
     did |= ensure_toolchain(
         &ws.ebpf_toolchain,
-        &["rust-src"],
-        "builds the eBPF programs (-Z build-std=core needs rust-src)",
+        &["rust-src", "clippy"],
+        "builds and lints the eBPF programs (-Z build-std=core needs rust-src)",
     )?;
     did |= ensure_bpf_linker(ws)?;
     if !did {

@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
-        PerfEvent,
+        PerfEvent, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
@@ -22,6 +22,7 @@ use hindsight_common::{NewProcess, StackKey, filter};
 use super::{BpfError, OBJECT};
 
 const PROGRAM: &str = "oncpu_sample";
+const EXEC_PROGRAM: &str = "oncpu_exec";
 
 /// What the in-kernel filter selects. Empty sets with `all == true` sample everything.
 #[derive(Debug, Clone, Default)]
@@ -95,6 +96,28 @@ impl OnCpuSampler {
         }
         let new_processes: RingBuf<MapData> = take_map(&mut ebpf, "NEW_PROCESSES")?;
 
+        // The exec hook first: a process that execs while sampling starts is then caught.
+        let exec: &mut RawTracePoint = ebpf
+            .program_mut(EXEC_PROGRAM)
+            .ok_or(BpfError::Missing {
+                kind: "program",
+                name: EXEC_PROGRAM,
+            })?
+            .try_into()
+            .map_err(|source| BpfError::Program {
+                name: EXEC_PROGRAM,
+                source,
+            })?;
+        exec.load().map_err(|source| BpfError::Program {
+            name: EXEC_PROGRAM,
+            source,
+        })?;
+        exec.attach("sched_process_exec")
+            .map_err(|source| BpfError::Program {
+                name: EXEC_PROGRAM,
+                source,
+            })?;
+
         let program: &mut PerfEvent = ebpf
             .program_mut(PROGRAM)
             .ok_or(BpfError::Missing {
@@ -158,7 +181,8 @@ impl OnCpuSampler {
         self.new_processes.as_fd()
     }
 
-    /// Takes the pending notifications of processes sampled for the first time.
+    /// Takes the pending notifications of processes sampled for the first time (or for
+    /// the first time since they called execve).
     pub fn new_processes(&mut self) -> Vec<NewProcess> {
         let mut out = Vec::new();
         while let Some(item) = self.new_processes.next() {

@@ -19,7 +19,25 @@ pub struct GraphLabels {
 }
 
 /// Writes the SVG. An empty profile still gives a valid SVG that says so.
-pub fn write_svg(folded: &Folded, labels: &GraphLabels, out: impl Write) -> std::io::Result<()> {
+pub fn write_svg(
+    folded: &Folded,
+    labels: &GraphLabels,
+    mut out: impl Write,
+) -> std::io::Result<()> {
+    if folded.is_empty() {
+        // inferno refuses empty input; say what happened instead of drawing nothing.
+        return write!(
+            out,
+            concat!(
+                r#"<?xml version="1.0" standalone="no"?>"#,
+                r#"<svg version="1.1" width="1200" height="80" xmlns="http://www.w3.org/2000/svg">"#,
+                r#"<text x="600" y="30" text-anchor="middle" font-size="17">{}</text>"#,
+                r#"<text x="600" y="60" text-anchor="middle" font-size="12">No samples: {}</text></svg>"#
+            ),
+            xml_escape(&labels.title),
+            xml_escape(&labels.subtitle)
+        );
+    }
     let mut options = Options::default();
     options.title = labels.title.clone();
     options.subtitle = Some(labels.subtitle.clone());
@@ -28,11 +46,13 @@ pub fn write_svg(folded: &Folded, labels: &GraphLabels, out: impl Write) -> std:
     // Same colours for the same function across runs and hosts, so graphs compare.
     options.hash = true;
     let lines: Vec<String> = folded.lines().collect();
-    match inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out) {
-        // inferno has already written an SVG that says "no valid input".
-        Err(err) if folded.is_empty() && err.kind() == std::io::ErrorKind::InvalidData => Ok(()),
-        other => other,
-    }
+    inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -68,6 +88,7 @@ mod tests {
     fn empty_profile_still_gives_an_svg() {
         let mut svg = Vec::new();
         write_svg(&Folded::default(), &labels(), &mut svg).unwrap();
-        assert!(String::from_utf8(svg).unwrap().contains("<svg"));
+        let svg = String::from_utf8(svg).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("No samples") && svg.contains("On-CPU test"));
     }
 }

@@ -147,9 +147,9 @@ mod tests {
         let me = std::process::id();
         let mut processes = ProcessTable::default();
         processes.observe(me, None);
-        let leaf = inner_fixture_fn as usize as u64 + 1;
+        let leaf = inner_fixture_fn as *const () as u64 + 1;
         // A return address: inside outer, past its start.
-        let caller = outer_fixture_fn as usize as u64 + 2;
+        let caller = outer_fixture_fn as *const () as u64 + 2;
         let sample = |user, kernel, count| RawSample {
             key: StackKey {
                 tgid: me,

@@ -30,7 +30,7 @@ use crate::bpf::{
     oncpu::{Counter, Counters, KernelFilter, MapSizes, OnCpuSampler},
 };
 use fold::FoldStats;
-use stack::{Folded, ratio};
+use stack::ratio;
 use target::{ResolvedTargets, TargetError, Targets};
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,7 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
         processes.observe(tgid, None);
     }
     let mut sampler = OnCpuSampler::start(&filter, request.frequency, MapSizes::default())?;
+    let cpus = sampler.attached_cpus();
     let started_at = SystemTime::now();
     let start = Instant::now();
     let deadline = start + request.duration;
@@ -159,17 +160,7 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
             stopped_early = Some("interrupted");
             break;
         }
-        for event in sampler.new_processes() {
-            let len = event
-                .comm
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(event.comm.len());
-            processes.observe(
-                event.tgid,
-                Some(&String::from_utf8_lossy(&event.comm[..len])),
-            );
-        }
+        take_notifications(&mut sampler, &mut processes);
         if Instant::now() >= next_housekeeping {
             next_housekeeping += Duration::from_secs(1);
             for id in targets.cgroup_ids().difference(&known_cgroups.clone()) {
@@ -194,17 +185,7 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
     let _ = signal_fd.read_signal();
     signals.thread_unblock().map_err(ProfileError::Poll)?;
 
-    for event in sampler.new_processes() {
-        let len = event
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(event.comm.len());
-        processes.observe(
-            event.tgid,
-            Some(&String::from_utf8_lossy(&event.comm[..len])),
-        );
-    }
+    take_notifications(&mut sampler, &mut processes);
     let raw = sampler.drain()?;
     drop(sampler);
     for sample in &raw.samples {
@@ -233,7 +214,7 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
             sampled_for.as_secs_f64(),
             folded.total(),
             request.frequency,
-            raw_cpus(&raw.counters, &folded).unwrap_or(0),
+            cpus,
         ),
         count_name: "samples".into(),
     };
@@ -244,7 +225,7 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
         folded_path,
         svg_path,
         target: targets.describe(),
-        cpus: aya::util::online_cpus().map(|c| c.len()).unwrap_or(0),
+        cpus,
         frequency: request.frequency,
         sampled_for,
         stopped_early,
@@ -258,8 +239,19 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
     })
 }
 
-fn raw_cpus(_counters: &Counters, _folded: &Folded) -> Option<usize> {
-    aya::util::online_cpus().ok().map(|c| c.len())
+/// Snapshots processes the kernel saw for the first time, or again after an exec.
+fn take_notifications(sampler: &mut OnCpuSampler, processes: &mut process::ProcessTable) {
+    for event in sampler.new_processes() {
+        let len = event
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(event.comm.len());
+        processes.reobserve(
+            event.tgid,
+            Some(&String::from_utf8_lossy(&event.comm[..len])),
+        );
+    }
 }
 
 fn only_pids(targets: &ResolvedTargets) -> bool {

@@ -156,6 +156,30 @@ impl ProcessTable {
         }
     }
 
+    /// A process announced again by the kernel: it called execve, so its maps and name
+    /// changed. The new maps win; old ones that do not overlap stay, for the samples taken
+    /// before the exec.
+    pub fn reobserve(&mut self, tgid: u32, kernel_comm: Option<&str>) {
+        if !self.processes.contains_key(&tgid) {
+            return self.observe(tgid, kernel_comm);
+        }
+        let Some(fresh) = self.snapshot(tgid) else {
+            return;
+        };
+        let info = self.processes.get_mut(&tgid).expect("checked above");
+        let old = std::mem::take(&mut info.maps);
+        info.maps = if fresh.start_time == info.start_time {
+            merge_maps(fresh.maps, old)
+        } else {
+            fresh.maps // PID reused by another process
+        };
+        info.comm = fresh.comm;
+        info.start_time = fresh.start_time;
+        info.perf_map = fresh.perf_map;
+        info.kernel_thread = fresh.kernel_thread;
+        info.exited = false;
+    }
+
     /// At the end of the profile: refresh the maps of processes that still run (libraries
     /// loaded since), and mark the others as exited.
     pub fn refresh(&mut self) {
@@ -340,7 +364,7 @@ mod tests {
         table.observe(me, None);
         let info = table.get(me).unwrap();
         assert!(!info.exited && !info.kernel_thread);
-        let here = perf_map_lines_parse_and_look_up as usize as u64;
+        let here = perf_map_lines_parse_and_look_up as *const () as u64;
         let mapping = info.mapping(here).expect("our code is mapped");
         let Backing::File(object) = &mapping.backing else {
             panic!("our code is file-backed: {mapping:?}");

@@ -25,6 +25,9 @@ pub const UNKNOWN: &str = "[unknown]";
 
 pub type FrameNames = Vec<String>;
 
+/// Addresses of one file to symbolize together: the file, and (address, file offset) pairs.
+type FileBatch = (Arc<ObjectFile>, Vec<(u64, u64)>);
+
 pub struct Symbolizer {
     inner: Blazesym,
     kernel: HashMap<u64, FrameNames>,
@@ -100,7 +103,7 @@ impl Symbolizer {
     pub fn user(&mut self, process: &ProcessInfo, addrs: &[u64]) -> HashMap<u64, FrameNames> {
         let mut out = HashMap::new();
         // File-backed addresses grouped by file, to symbolize each file in one batch.
-        let mut by_file: HashMap<usize, (Arc<ObjectFile>, Vec<(u64, u64)>)> = HashMap::new();
+        let mut by_file: HashMap<usize, FileBatch> = HashMap::new();
         for &addr in addrs {
             let Some(mapping) = process.mapping(addr) else {
                 out.insert(addr, vec![UNKNOWN.to_owned()]);
@@ -203,7 +206,7 @@ mod tests {
         let mut table = ProcessTable::default();
         let me = std::process::id();
         table.observe(me, None);
-        let addr = a_function_with_a_distinct_name as usize as u64 + 1;
+        let addr = a_function_with_a_distinct_name as *const () as u64 + 1;
         let mut symbolizer = Symbolizer::new();
         let names = symbolizer.user(table.get(me).unwrap(), &[addr]);
         let names = &names[&addr];

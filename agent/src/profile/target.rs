@@ -9,8 +9,8 @@ use std::{
     process::Command,
 };
 
-/// The cgroup v2 mount that cgroup paths and units are resolved under.
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where cgroup v2 is usually mounted; hybrid hosts mount it at /sys/fs/cgroup/unified.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,13 +19,17 @@ pub enum TargetError {
     NoSuchProcess(u32),
     #[error("cgroup {path} does not exist", path = .0.display())]
     NoSuchCgroup(PathBuf),
-    #[error("{path} is not a cgroup v2 directory (cgroup filters need the unified hierarchy at {CGROUP_ROOT})", path = .0.display())]
+    #[error("{path} is not a cgroup v2 directory (cgroup filters need the unified hierarchy)", path = .0.display())]
     NotCgroup2(PathBuf),
     #[error(
-        "systemd unit {0} has no cgroup: it is not running, or no such unit \
-         (checked `systemctl show` and the tree under {CGROUP_ROOT})"
+        "no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo): --cgroup and --unit need one"
     )]
-    NoSuchUnit(String),
+    NoCgroup2,
+    #[error(
+        "systemd unit {unit} has no cgroup: it is not running, or there is no such unit \
+         (checked `systemctl show` and the tree under {root})", root = .root.display()
+    )]
+    NoSuchUnit { unit: String, root: PathBuf },
     #[error("reading {path}", path = .path.display())]
     Io {
         path: PathBuf,
@@ -89,11 +93,16 @@ impl Targets {
         for &pid in &self.pids {
             resolved.tgids.insert(thread_group_of(pid)?);
         }
+        let root = if self.cgroups.is_empty() && self.units.is_empty() {
+            PathBuf::from(CGROUP_ROOT)
+        } else {
+            cgroup2_root()?
+        };
         for path in &self.cgroups {
             let dir = if path.is_absolute() {
                 path.clone()
             } else {
-                Path::new(CGROUP_ROOT).join(path)
+                root.join(path)
             };
             check_cgroup_dir(&dir)?;
             resolved.cgroups.push(CgroupRoot {
@@ -107,7 +116,7 @@ impl Targets {
             } else {
                 format!("{unit}.service")
             };
-            let dir = unit_cgroup(&unit)?;
+            let dir = unit_cgroup(&root, &unit)?;
             resolved.cgroups.push(CgroupRoot {
                 label: format!("unit {unit}"),
                 dir,
@@ -148,24 +157,47 @@ fn check_cgroup_dir(dir: &Path) -> Result<(), TargetError> {
 
 /// A unit's cgroup: systemd's answer when systemctl is there, else a search of the tree
 /// for a directory of that name (units in containers, or without systemd).
-fn unit_cgroup(unit: &str) -> Result<PathBuf, TargetError> {
+fn unit_cgroup(root: &Path, unit: &str) -> Result<PathBuf, TargetError> {
     if let Ok(out) = Command::new("systemctl")
         .args(["show", "--property=ControlGroup", "--value", "--", unit])
         .output()
     {
         let group = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if out.status.success() && !group.is_empty() {
-            let dir = Path::new(CGROUP_ROOT).join(group.trim_start_matches('/'));
+            let dir = root.join(group.trim_start_matches('/'));
             if dir.is_dir() {
                 check_cgroup_dir(&dir)?;
                 return Ok(dir);
             }
         }
     }
-    let dir = find_dir_named(Path::new(CGROUP_ROOT), unit)
-        .ok_or_else(|| TargetError::NoSuchUnit(unit.to_owned()))?;
+    let dir = find_dir_named(root, unit).ok_or_else(|| TargetError::NoSuchUnit {
+        unit: unit.to_owned(),
+        root: root.to_path_buf(),
+    })?;
     check_cgroup_dir(&dir)?;
     Ok(dir)
+}
+
+/// The cgroup v2 mount point: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on
+/// hybrid ones (cgroup v1 controllers beside v2), from /proc/self/mountinfo.
+pub fn cgroup2_root() -> Result<PathBuf, TargetError> {
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").map_err(|source| TargetError::Io {
+            path: "/proc/self/mountinfo".into(),
+            source,
+        })?;
+    let mut mounts: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE ...
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .collect();
+    mounts.sort_by_key(|m| m != Path::new(CGROUP_ROOT));
+    mounts.into_iter().next().ok_or(TargetError::NoCgroup2)
 }
 
 /// Breadth-first, so `system.slice/x.service` wins over a nested namesake.
@@ -258,16 +290,16 @@ mod tests {
 
     #[test]
     fn root_cgroup_resolves_with_descendants() {
-        if check_cgroup_dir(Path::new(CGROUP_ROOT)).is_err() {
-            eprintln!("skipped: {CGROUP_ROOT} is not cgroup v2 here");
+        let Ok(root) = cgroup2_root() else {
+            eprintln!("skipped: no cgroup v2 hierarchy here");
             return;
-        }
+        };
         let resolved = Targets {
-            cgroups: vec![PathBuf::from(CGROUP_ROOT)],
+            cgroups: vec![root],
             ..Default::default()
         }
         .resolve()
         .unwrap();
-        assert!(resolved.cgroup_ids().len() >= 1);
+        assert!(!resolved.cgroup_ids().is_empty());
     }
 }
