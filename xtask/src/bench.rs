@@ -1,12 +1,523 @@
-//! Benchmarks (filled in below).
-use anyhow::Result;
-use clap::Args;
+//! `cargo xtask bench`: the on-CPU profiler's cost and fidelity, measured side by side in
+//! one run, printed as a markdown report (and written to <out>/report.md).
+//!
+//! - overhead: a fixed CPU-bound workload on every CPU, timed without and with
+//!   `hindsight profile --all` at 99 Hz, in interleaved pairs (ABBA order), reported as the
+//!   median and range of the with/without ratio; beside it the direct accounting of the
+//!   same runs: the agent's CPU time (/proc/PID/stat) plus our BPF programs' run time
+//!   (kernel.bpf_stats_enabled, restored afterwards) over the CPU time available;
+//! - latency and memory: `--all` for 10 s at 99 Hz with every CPU busy: the time from the
+//!   end of sampling to the written SVG, and the agent's peak RSS;
+//! - fidelity: the 3:1 split fixture profiled by hindsight and by `perf record -e cpu-clock
+//!   -F 99 -g` at the same time, perf's output folded with inferno; top-function shares.
 
-use crate::Workspace;
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::{Args, ValueEnum};
+
+use crate::{Workspace, describe, run_checked};
 
 #[derive(Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Interleaved without/with pairs for the overhead measurement.
+    #[arg(long, default_value_t = 12)]
+    pairs: usize,
+    /// Loop iterations per workload thread (one thread per CPU); ~2-3 s on these VMs.
+    #[arg(long, default_value_t = 800_000_000)]
+    iterations: u64,
+    /// Repetitions of the latency/memory measurement.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Which parts to run.
+    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity"])]
+    only: Vec<Part>,
+    /// Where the report, profiles and fixtures go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
 
-pub fn run(_ws: &Workspace, _args: &BenchArgs) -> Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Overhead,
+    Latency,
+    Fidelity,
+}
+
+pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
+    let out = ws.root.join(&args.out);
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let bin = ws.release_binary();
+    let cpus = std::thread::available_parallelism()?.get();
+    let mut report = format!(
+        "# hindsight benchmark\n\nhost: {} CPUs, kernel {}\n\n",
+        cpus,
+        fs::read_to_string("/proc/sys/kernel/osrelease")?.trim()
+    );
+    if args.only.contains(&Part::Overhead) {
+        report += &overhead(ws, &bin, &out, args, cpus)?;
+    }
+    if args.only.contains(&Part::Latency) {
+        report += &latency(ws, &bin, &out, args, cpus)?;
+    }
+    if args.only.contains(&Part::Fidelity) {
+        report += &fidelity(ws, &bin, &out)?;
+    }
+    println!("\n{report}");
+    fs::write(out.join("report.md"), &report)?;
+    println!(
+        "xtask: report written to {}",
+        out.join("report.md").display()
+    );
     Ok(())
+}
+
+fn build_fixture(ws: &Workspace, out: &Path, name: &str, extra: &[&str]) -> Result<PathBuf> {
+    let bin = out.join(name);
+    let src = ws.root.join("tests/fixtures").join(format!("{name}.c"));
+    run_checked(
+        Command::new("cc")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread"])
+            .args(extra)
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src),
+    )?;
+    Ok(bin)
+}
+
+/// A running `hindsight profile`, started and waited for until it samples.
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(bin: &Path, args: &[&str], out: &Path) -> Result<Self> {
+        let mut child = Command::new(bin)
+            .arg("profile")
+            .args(args)
+            .arg("--output-dir")
+            .arg(out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting hindsight")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            let Some(line) = lines.next() else {
+                let status = child.wait()?;
+                bail!("hindsight exited before sampling: {status}");
+            };
+            let line = line?;
+            if line.contains("sampling ") {
+                break;
+            }
+        }
+        // Keep draining stderr so the agent never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ctrl-C: stop sampling, write the profile; returns stdout and peak RSS (KiB).
+    fn finish(mut self) -> Result<(String, u64)> {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
+        self.wait()
+    }
+
+    fn wait(&mut self) -> Result<(String, u64)> {
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            std::io::Read::read_to_string(&mut out, &mut stdout)?;
+        }
+        let (status, max_rss) = wait4(self.pid())?;
+        ensure!(
+            status == 0,
+            "hindsight failed (wait status {status}): {stdout}"
+        );
+        Ok((stdout, max_rss))
+    }
+}
+
+/// waitpid with resource usage: (status, peak RSS in KiB).
+fn wait4(pid: u32) -> Result<(i32, u64)> {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value of a plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to our locals; pid is our child, not yet reaped.
+    let ret = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+    ensure!(
+        ret == pid as i32,
+        "wait4: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok((status, usage.ru_maxrss as u64))
+}
+
+/// CPU time (user + system) of a process so far.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').context("bad stat")?.1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; fields[0] here is field 3.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// Sets kernel.bpf_stats_enabled=1 and puts back the old value when dropped (also on error
+/// or panic), as the agent must leave no system setting changed.
+struct BpfStats {
+    old: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let old = fs::read_to_string(BPF_STATS)?.trim().to_owned();
+        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self { old })
+    }
+
+    /// Sum of (run_time_ns, run_cnt) of hindsight's programs, from bpftool.
+    fn read() -> Result<(u64, u64)> {
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "--json"])
+            .output()?;
+        ensure!(out.status.success(), "bpftool prog show failed");
+        let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let mut totals = (0, 0);
+        for prog in progs.as_array().into_iter().flatten() {
+            let name = prog["name"].as_str().unwrap_or_default();
+            if name.starts_with("oncpu_") {
+                totals.0 += prog["run_time_ns"].as_u64().unwrap_or(0);
+                totals.1 += prog["run_cnt"].as_u64().unwrap_or(0);
+            }
+        }
+        Ok(totals)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, &self.old);
+    }
+}
+
+fn time_workload(burn: &Path, iterations: u64, threads: usize) -> Result<Duration> {
+    let start = Instant::now();
+    let status = Command::new(burn)
+        .arg(iterations.to_string())
+        .arg(threads.to_string())
+        .status()?;
+    ensure!(status.success(), "{} failed", burn.display());
+    Ok(start.elapsed())
+}
+
+struct WithRun {
+    wall: Duration,
+    agent_cpu: Duration,
+    bpf_ns: u64,
+    bpf_runs: u64,
+}
+
+fn overhead(
+    ws: &Workspace,
+    bin: &Path,
+    out: &Path,
+    args: &BenchArgs,
+    cpus: usize,
+) -> Result<String> {
+    let burn = build_fixture(ws, out, "burn", &[])?;
+    let stats = BpfStats::enable()?;
+    let profile_dir = out.join("overhead");
+    fs::create_dir_all(&profile_dir)?;
+    let mut ratios = Vec::new();
+    let mut direct = Vec::new();
+    let mut per_sample_ns = Vec::new();
+    let with = || -> Result<WithRun> {
+        let agent = Agent::start(
+            bin,
+            &["--all", "--frequency", "99", "--duration", "3600"],
+            &profile_dir,
+        )?;
+        let (cpu0, (ns0, cnt0)) = (cpu_time(agent.pid())?, BpfStats::read()?);
+        let wall = time_workload(&burn, args.iterations, cpus)?;
+        let (cpu1, (ns1, cnt1)) = (cpu_time(agent.pid())?, BpfStats::read()?);
+        agent.finish()?;
+        Ok(WithRun {
+            wall,
+            agent_cpu: cpu1 - cpu0,
+            bpf_ns: ns1 - ns0,
+            bpf_runs: cnt1 - cnt0,
+        })
+    };
+    // Warm-up, not counted: page cache, CPU frequency.
+    time_workload(&burn, args.iterations / 4, cpus)?;
+    for pair in 0..args.pairs {
+        let (base, w) = if pair % 2 == 0 {
+            let base = time_workload(&burn, args.iterations, cpus)?;
+            (base, with()?)
+        } else {
+            let w = with()?;
+            (time_workload(&burn, args.iterations, cpus)?, w)
+        };
+        let ratio = w.wall.as_secs_f64() / base.as_secs_f64();
+        let available = w.wall.as_secs_f64() * cpus as f64;
+        let used = w.agent_cpu.as_secs_f64() + w.bpf_ns as f64 / 1e9;
+        println!(
+            "xtask: bench: pair {pair}: without {:.3} s, with {:.3} s (ratio {ratio:.4}); \
+             agent {:.1} ms CPU, BPF {:.2} ms in {} runs",
+            base.as_secs_f64(),
+            w.wall.as_secs_f64(),
+            w.agent_cpu.as_secs_f64() * 1e3,
+            w.bpf_ns as f64 / 1e6,
+            w.bpf_runs
+        );
+        ratios.push(ratio);
+        direct.push(used / available);
+        if w.bpf_runs > 0 {
+            per_sample_ns.push(w.bpf_ns as f64 / w.bpf_runs as f64);
+        }
+    }
+    drop(stats);
+    let mut text =
+        String::from("## Overhead: `--all` at 99 Hz, fixed CPU-bound work on every CPU\n\n");
+    writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
+    let (m, lo, hi) = summary(&ratios);
+    writeln!(
+        text,
+        "| wall-clock ratio with/without (interleaved ABBA pairs) | {:+.2}% | {:+.2}% .. {:+.2}% | {} |",
+        (m - 1.0) * 100.0,
+        (lo - 1.0) * 100.0,
+        (hi - 1.0) * 100.0,
+        ratios.len()
+    )?;
+    let (m, lo, hi) = summary(&direct);
+    writeln!(
+        text,
+        "| direct: (agent CPU + BPF run time) / CPU time available | {:.3}% | {:.3}% .. {:.3}% | {} |",
+        m * 100.0,
+        lo * 100.0,
+        hi * 100.0,
+        direct.len()
+    )?;
+    let (m, lo, hi) = summary(&per_sample_ns);
+    writeln!(
+        text,
+        "| BPF cost per sample (run_time_ns / run_cnt) | {m:.0} ns | {lo:.0} .. {hi:.0} ns | {} |\n",
+        per_sample_ns.len()
+    )?;
+    Ok(text)
+}
+
+fn latency(
+    ws: &Workspace,
+    bin: &Path,
+    out: &Path,
+    args: &BenchArgs,
+    cpus: usize,
+) -> Result<String> {
+    let burn = build_fixture(ws, out, "burn", &[])?;
+    let profile_dir = out.join("latency");
+    fs::create_dir_all(&profile_dir)?;
+    let mut processing = Vec::new();
+    let mut rss = Vec::new();
+    let mut samples = Vec::new();
+    for _ in 0..args.repeats {
+        // Every CPU busy for the whole 10 s.
+        let mut load = Command::new(&burn)
+            .arg(u64::MAX.to_string())
+            .arg(cpus.to_string())
+            .spawn()?;
+        let mut agent = Agent::start(
+            bin,
+            &["--all", "--frequency", "99", "--duration", "10"],
+            &profile_dir,
+        )?;
+        let result = agent.wait();
+        let _ = load.kill();
+        let _ = load.wait();
+        let (stdout, max_rss) = result?;
+        let ms: f64 = stdout
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("processed in ")?
+                    .strip_suffix(" ms")?
+                    .parse()
+                    .ok()
+            })
+            .with_context(|| format!("no processing time in:\n{stdout}"))?;
+        let n: f64 = stdout
+            .lines()
+            .find_map(|l| l.split(": ").nth(1)?.split(" samples").next()?.parse().ok())
+            .unwrap_or(0.0);
+        processing.push(ms);
+        rss.push(max_rss as f64 / 1024.0);
+        samples.push(n);
+        println!(
+            "xtask: bench: 10 s --all: processed in {ms} ms, peak RSS {:.1} MiB, {n} samples",
+            max_rss as f64 / 1024.0
+        );
+    }
+    let mut text =
+        String::from("## Latency and memory: `--all`, 10 s at 99 Hz, every CPU busy\n\n");
+    writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
+    let (m, lo, hi) = summary(&samples);
+    writeln!(
+        text,
+        "| samples per profile | {m:.0} | {lo:.0} .. {hi:.0} | {} |",
+        samples.len()
+    )?;
+    let (m, lo, hi) = summary(&processing);
+    writeln!(
+        text,
+        "| end of sampling -> SVG written | {m:.0} ms | {lo:.0} .. {hi:.0} ms | {} |",
+        processing.len()
+    )?;
+    let (m, lo, hi) = summary(&rss);
+    writeln!(
+        text,
+        "| agent peak RSS | {m:.1} MiB | {lo:.1} .. {hi:.1} MiB | {} |\n",
+        rss.len()
+    )?;
+    Ok(text)
+}
+
+fn fidelity(ws: &Workspace, bin: &Path, out: &Path) -> Result<String> {
+    let split = build_fixture(ws, out, "split", &[])?;
+    let dir = out.join("fidelity");
+    fs::create_dir_all(&dir)?;
+    let mut workload = Command::new(&split).spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = workload.id().to_string();
+    let perf_data = dir.join("perf.data");
+    let mut perf = Command::new("perf");
+    perf.args([
+        "record",
+        "-e",
+        "cpu-clock",
+        "-F",
+        "99",
+        "-g",
+        "-p",
+        &pid,
+        "-o",
+    ])
+    .arg(&perf_data)
+    .args(["--", "sleep", "10"])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    println!("xtask: running {} beside hindsight", describe(&perf));
+    let mut perf = perf
+        .spawn()
+        .context("starting perf (apt package linux-perf)")?;
+    let mut agent = Agent::start(
+        bin,
+        &["--pid", &pid, "--frequency", "99", "--duration", "10"],
+        &dir,
+    )?;
+    agent.wait()?;
+    let perf_status = perf.wait()?;
+    let _ = workload.kill();
+    let _ = workload.wait();
+    ensure!(perf_status.success(), "perf record failed: {perf_status}");
+    let script = Command::new("perf")
+        .arg("script")
+        .arg("-i")
+        .arg(&perf_data)
+        .output()?;
+    ensure!(script.status.success(), "perf script failed");
+    let mut folded = Vec::new();
+    use inferno::collapse::Collapse as _;
+    inferno::collapse::perf::Folder::default()
+        .collapse(&script.stdout[..], &mut folded)
+        .map_err(|e| anyhow::anyhow!("inferno collapse: {e}"))?;
+    fs::write(dir.join("perf.folded"), &folded)?;
+    let ours = leaf_shares(&fs::read_to_string(dir.join("cpu.folded"))?);
+    let theirs = leaf_shares(&String::from_utf8_lossy(&folded));
+    let mut text = String::from(
+        "## Fidelity: split fixture (work_a:work_b = 3:1), hindsight and `perf record -e cpu-clock -F 99 -g` at the same time\n\n",
+    );
+    writeln!(
+        text,
+        "| function (self) | hindsight | perf | difference |\n|---|---|---|---|"
+    )?;
+    for function in ["work_a", "work_b"] {
+        let (a, b) = (
+            ours.0.get(function).copied().unwrap_or(0.0),
+            theirs.0.get(function).copied().unwrap_or(0.0),
+        );
+        writeln!(
+            text,
+            "| {function} | {:.1}% | {:.1}% | {:+.1} points |",
+            a * 100.0,
+            b * 100.0,
+            (a - b) * 100.0
+        )?;
+    }
+    writeln!(
+        text,
+        "| (total) | {} samples | {:.0} ms of cpu-clock | |\n",
+        ours.1,
+        theirs.1 as f64 / 1e6
+    )?;
+    Ok(text)
+}
+
+/// Self share of each user-space leaf function, and the total weight (samples for
+/// hindsight; nanoseconds for perf's cpu-clock, which inferno weights by period).
+fn leaf_shares(folded: &str) -> (BTreeMap<String, f64>, u64) {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut total = 0;
+    for line in folded.lines() {
+        let Some((stack, n)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        // The user-space leaf: the last frame before any kernel frame.
+        let leaf = stack
+            .split(';')
+            .take_while(|f| !f.ends_with("_[k]"))
+            .last()
+            .unwrap_or_default();
+        *counts.entry(leaf.to_owned()).or_default() += n;
+        total += n;
+    }
+    let shares = counts
+        .into_iter()
+        .map(|(f, n)| (f, n as f64 / total.max(1) as f64))
+        .collect();
+    (shares, total)
+}
+
+/// (median, min, max).
+fn summary(values: &[f64]) -> (f64, f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
+    (median, v[0], v[v.len() - 1])
 }

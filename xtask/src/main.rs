@@ -180,9 +180,13 @@ impl Workspace {
     }
 
     pub fn cargo_command(&self) -> Command {
+        self.cargo_command_with(&self.toolchain)
+    }
+
+    /// `cargo +<toolchain>` in the workspace root.
+    pub fn cargo_command_with(&self, toolchain: &str) -> Command {
         let mut cmd = Command::new("cargo");
-        cmd.arg(format!("+{}", self.toolchain))
-            .current_dir(&self.root);
+        cmd.arg(format!("+{toolchain}")).current_dir(&self.root);
         // The outer `cargo +stable xtask` sets these for us; they must not leak into the
         // pinned toolchain's build.
         for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {

@@ -24,10 +24,16 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// Debian packages only the benchmarks need.
-const BENCH_APT_PACKAGES: &[(&str, &str)] = &[(
-    "linux-perf",
-    "the benchmark compares Hindsight's profile with `perf record -F 99 -g`",
-)];
+const BENCH_APT_PACKAGES: &[(&str, &str)] = &[
+    (
+        "linux-perf",
+        "the benchmark compares Hindsight's profile with `perf record -F 99 -g`",
+    ),
+    (
+        "bpftool",
+        "the benchmark reads our BPF programs' run time (run_time_ns, run_cnt)",
+    ),
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

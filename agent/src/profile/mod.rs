@@ -133,6 +133,12 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
     }
     let mut sampler = OnCpuSampler::start(&filter, request.frequency, MapSizes::default())?;
     let cpus = sampler.attached_cpus();
+    tracing::info!(
+        "sampling {} on {cpus} CPUs at {} Hz for {:.1} s (Ctrl-C stops early and still writes the profile)",
+        targets.describe(),
+        request.frequency,
+        request.duration.as_secs_f64()
+    );
     let started_at = SystemTime::now();
     let start = Instant::now();
     let deadline = start + request.duration;
