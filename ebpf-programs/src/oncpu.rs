@@ -77,7 +77,13 @@ fn selected(tgid: u32) -> bool {
 }
 
 #[inline(always)]
-fn stack_id(ctx: &PerfEventContext, flags: u64, fault: Counter, collision: Counter, other: Counter) -> i32 {
+fn stack_id(
+    ctx: &PerfEventContext,
+    flags: u64,
+    fault: Counter,
+    collision: Counter,
+    other: Counter,
+) -> i32 {
     match ctx.get_stackid(&STACKS, flags) {
         Ok(id) => id as i32,
         Err(err) => {

@@ -157,7 +157,8 @@ impl Workspace {
 
     pub fn cargo_command(&self) -> Command {
         let mut cmd = Command::new("cargo");
-        cmd.arg(format!("+{}", self.toolchain)).current_dir(&self.root);
+        cmd.arg(format!("+{}", self.toolchain))
+            .current_dir(&self.root);
         // The outer `cargo +stable xtask` sets these for us; they must not leak into the
         // pinned toolchain's build.
         for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {

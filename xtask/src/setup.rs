@@ -9,9 +9,18 @@ use crate::{Workspace, run_checked};
 
 /// Debian packages the build and the tests need, and why.
 const APT_PACKAGES: &[(&str, &str)] = &[
-    ("llvm-22-dev", "bpf-linker links against LLVM 22 to link the eBPF programs"),
-    ("libc6-dbg", "symbol names for glibc, whose binaries ship without .symtab"),
-    ("gcc", "the tests build their C fixture workloads from source"),
+    (
+        "llvm-22-dev",
+        "bpf-linker links against LLVM 22 to link the eBPF programs",
+    ),
+    (
+        "libc6-dbg",
+        "symbol names for glibc, whose binaries ship without .symtab",
+    ),
+    (
+        "gcc",
+        "the tests build their C fixture workloads from source",
+    ),
 ];
 
 /// Debian packages only the benchmarks need.
@@ -26,7 +35,11 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub fn setup(ws: &Workspace) -> Result<()> {
     let mut did = false;
     did |= ensure_apt(APT_PACKAGES)?;
-    did |= ensure_toolchain(&ws.toolchain, &["clippy", "rustfmt"], "builds the agent and tests")?;
+    did |= ensure_toolchain(
+        &ws.toolchain,
+        &["clippy", "rustfmt"],
+        "builds the agent and tests",
+    )?;
     did |= ensure_toolchain(
         &ws.ebpf_toolchain,
         &["rust-src"],
@@ -57,7 +70,11 @@ fn ensure_apt(packages: &[(&str, &str)]) -> Result<bool> {
     if !is_root() {
         bail!(
             "apt packages missing ({}); run `cargo +stable xtask setup` as root",
-            missing.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            missing
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     run_checked(Command::new("apt-get").args(["update", "-q"]))?;
@@ -99,7 +116,11 @@ fn ensure_toolchain(name: &str, components: &[&str], why: &str) -> Result<bool> 
         components
             .iter()
             .copied()
-            .filter(|c| !listed.lines().any(|l| l == *c || l.starts_with(&format!("{c}-"))))
+            .filter(|c| {
+                !listed
+                    .lines()
+                    .any(|l| l == *c || l.starts_with(&format!("{c}-")))
+            })
             .collect()
     } else {
         components.to_vec()
