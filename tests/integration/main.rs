@@ -2,4 +2,5 @@
 //! `hindsight` binary against fixture workloads built from source (tests/fixtures), load
 //! eBPF into the running kernel, and so need root; run them with `cargo +stable xtask test`.
 
+mod capture;
 mod support;

@@ -122,6 +122,7 @@ pub fn verify(
 ) -> Result<Report, VerifyError> {
     let mut problems = Vec::new();
     let mut trusted_comment = None;
+    let mut unverified_comment = None;
     if let Some(pk) = public_key {
         let sig_path = sig.map_or_else(
             || PathBuf::from(format!("{}.minisig", archive.display())),
@@ -135,7 +136,14 @@ pub fn verify(
             }),
             Ok(text) => match sign::verify_file(pk, &text, archive) {
                 Ok(tc) => trusted_comment = Some(tc),
-                Err(reason) => problems.push(Problem::Signature { file, reason }),
+                Err(reason) => {
+                    problems.push(Problem::Signature { file, reason });
+                    // Still compare the manifest with the hash the (unverified) comment
+                    // names, to say whether the manifest is what was signed.
+                    unverified_comment = minisign::SignatureBox::from_string(&text)
+                        .and_then(|b| b.trusted_comment())
+                        .ok();
+                }
             },
         }
     }
@@ -208,7 +216,10 @@ pub fn verify(
         },
     }
     let manifest_actual = actual.get(MANIFEST_NAME).map(|(h, _)| h.clone());
-    if let (Some(tc), Some(actual_hash)) = (&trusted_comment, &manifest_actual) {
+    if let (Some(tc), Some(actual_hash)) = (
+        trusted_comment.as_ref().or(unverified_comment.as_ref()),
+        &manifest_actual,
+    ) {
         match sign::comment_field(tc, "manifest-sha256") {
             Some(signed) if signed == actual_hash => {}
             signed => problems.push(Problem::ManifestHash {
