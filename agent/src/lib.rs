@@ -3,10 +3,14 @@
 //! The two pipelines are visible in the module tree:
 //! - profiling: [`bpf`] loads and drains the eBPF programs, [`profile`] aggregates,
 //!   symbolizes, folds and renders;
-//! - capture (evidence): see ARCHITECTURE.md.
+//! - capture (evidence): [`capture`] runs collectors into a signed archive, configured
+//!   by [`config`], with default locations in [`paths`]; see ARCHITECTURE.md.
 //!
 //! [`cli`] maps the command line onto them.
 
 pub mod bpf;
+pub mod capture;
 pub mod cli;
+pub mod config;
+pub mod paths;
 pub mod profile;

@@ -2,5 +2,6 @@
 //! `hindsight` binary against fixture workloads built from source (tests/fixtures), load
 //! eBPF into the running kernel, and so need root; run them with `cargo +stable xtask test`.
 
+mod capture;
 mod profile;
 mod support;

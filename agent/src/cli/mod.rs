@@ -1,7 +1,10 @@
 //! Command-line interface: one module per subcommand. Each parses its flags (clap derive)
 //! into the library's request types and runs them; nothing here owns data.
 
+pub mod capture;
+pub mod keygen;
 pub mod profile;
+pub mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -21,4 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Profile(profile::ProfileArgs),
+    Capture(capture::CaptureArgs),
+    Keygen(keygen::KeygenArgs),
+    Verify(verify::VerifyArgs),
 }

@@ -214,9 +214,7 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
         ),
         subtitle: format!(
             "{} UTC, {:.1} s, {} samples at {} Hz on {} CPUs; kernel frames _[k]; [lost] = stack not recorded",
-            jiff::Timestamp::try_from(started_at)
-                .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
-                .unwrap_or_default(),
+            utc_seconds(started_at),
             sampled_for.as_secs_f64(),
             folded.total(),
             request.frequency,
@@ -243,6 +241,14 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
         processing: processing_start.elapsed(),
         top: folded.top_self(5),
     })
+}
+
+/// `2026-12-04 15:43:13`, in UTC.
+fn utc_seconds(at: SystemTime) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::from(at)
+        .format(&format)
+        .unwrap_or_default()
 }
 
 /// Snapshots processes the kernel saw for the first time, or again after an exec.

@@ -1,0 +1,71 @@
+//! Every default filesystem path Hindsight uses, in one place, so packaging, docs and the
+//! config defaults cannot drift apart.
+
+/// The configuration file read when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/hindsight/hindsight.toml";
+
+/// Where `hindsight capture` writes evidence archives (`[capture] output_dir`).
+pub const DEFAULT_EVIDENCE_DIR: &str = "/var/lib/hindsight/evidence";
+
+/// The minisign secret key that signs evidence archives (`[capture] signing_key`).
+pub const DEFAULT_SIGNING_KEY: &str = "/etc/hindsight/signing.key";
+
+/// The public half written by `hindsight keygen` when `--public-key` is not given.
+pub const DEFAULT_PUBLIC_KEY: &str = "/etc/hindsight/signing.pub";
+
+/// procfs; collectors read processes, sockets and kernel state from here.
+pub const PROC: &str = "/proc";
+
+/// The kernel ring buffer, read without blocking.
+pub const KMSG: &str = "/dev/kmsg";
+
+/// Default log globs on a Debian host (`[capture] logs`).
+pub const DEFAULT_LOGS: &[&str] = &[
+    "/var/log/syslog",
+    "/var/log/messages",
+    "/var/log/kern.log",
+    "/var/log/auth.log",
+    "/var/log/dpkg.log",
+    "/var/log/nginx/*.log",
+    "/var/log/apache2/*.log",
+    "/var/log/postgresql/*.log",
+];
+
+/// Default config globs on a Debian host (`[capture] configs`).
+pub const DEFAULT_CONFIGS: &[&str] = &[
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/fstab",
+    "/etc/os-release",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/sysctl.conf",
+    "/etc/sysctl.d/*.conf",
+    "/etc/security/limits.conf",
+    "/etc/ssh/sshd_config",
+    "/etc/systemd/system/*.service",
+    "/etc/nginx/**/*.conf",
+    "/etc/hindsight/hindsight.toml",
+];
+
+/// Paths never captured, whatever the globs say (`[capture] exclude` adds to these).
+pub const DEFAULT_EXCLUDES: &[&str] = &[
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/ssl/private/**",
+    "/etc/ssh/ssh_host_*_key",
+    "**/*.key",
+    "**/id_rsa",
+    "**/id_dsa",
+    "**/id_ecdsa",
+    "**/id_ed25519",
+    "**/*.p12",
+    "**/*.pfx",
+    "**/*.keytab",
+    "**/.pgpass",
+    "**/.netrc",
+];
