@@ -239,8 +239,9 @@ fn capture_fixture_tree_and_check_with_stock_tools() {
     let (_tmp, top) = extract(&archive);
     run_ok(
         Command::new("sha256sum")
-            .args(["-c", "--quiet", "SHA256SUMS"])
-            .current_dir(&top),
+            .args(["-c", "--quiet"])
+            .arg(Path::new(top.file_name().unwrap()).join("SHA256SUMS"))
+            .current_dir(top.parent().unwrap()),
     );
     let m = manifest(&top);
     assert_eq!(m["trigger"]["why"], "INC-2291 payment timeouts");
@@ -665,8 +666,9 @@ while True:
     let (_tmp, top) = extract(&archive);
     run_ok(
         Command::new("sha256sum")
-            .args(["-c", "--quiet", "SHA256SUMS"])
-            .current_dir(&top),
+            .args(["-c", "--quiet"])
+            .arg(Path::new(top.file_name().unwrap()).join("SHA256SUMS"))
+            .current_dir(top.parent().unwrap()),
     );
     let m = manifest(&top);
     let busy: Vec<&Value> = m["members"]

@@ -204,7 +204,7 @@ impl<W: Write> ArchiveWriter<W> {
         manifest.skipped = std::mem::take(&mut self.skipped);
         let json = serde_json::to_vec_pretty(&*manifest).expect("manifest serializes");
         let manifest_sha256 = hex::encode(Sha256::digest(&json));
-        let sums = manifest.sha256sums(&manifest_sha256);
+        let sums = manifest.sha256sums(&self.root, &manifest_sha256);
         // The bookkeeping members are not listed in the manifest; append directly.
         for (name, data) in [(MANIFEST_NAME, &json[..]), (SUMS_NAME, sums.as_bytes())] {
             let mut header = tar::Header::new_gnu();

@@ -112,14 +112,18 @@ pub struct Skipped {
 }
 
 impl Manifest {
-    /// The SHA256SUMS text for the members plus the manifest itself, relative to the
-    /// archive's top directory (run `sha256sum -c SHA256SUMS` there).
-    pub fn sha256sums(&self, manifest_sha256: &str) -> String {
+    /// The SHA256SUMS text for the members plus the manifest itself, with paths that
+    /// start at the archive's top directory `root`, so that right after `tar -xf`,
+    /// `sha256sum -c ROOT/SHA256SUMS` checks everything from where it was extracted.
+    pub fn sha256sums(&self, root: &str, manifest_sha256: &str) -> String {
         let mut out = String::new();
         for m in &self.members {
-            out.push_str(&sums_line(&m.sha256, &m.path));
+            out.push_str(&sums_line(&m.sha256, &format!("{root}/{}", m.path)));
         }
-        out.push_str(&sums_line(manifest_sha256, MANIFEST_NAME));
+        out.push_str(&sums_line(
+            manifest_sha256,
+            &format!("{root}/{MANIFEST_NAME}"),
+        ));
         out
     }
 }
@@ -135,7 +139,7 @@ fn sums_line(sha: &str, path: &str) -> String {
     }
 }
 
-/// Parses SHA256SUMS text into path -> hash.
+/// Parses SHA256SUMS text into path -> hash, paths relative to the top directory.
 pub fn parse_sha256sums(text: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
@@ -149,6 +153,9 @@ pub fn parse_sha256sums(text: &str) -> BTreeMap<String, String> {
             } else {
                 path.to_string()
             };
+            let path = path
+                .split_once('/')
+                .map_or(path.clone(), |(_, rel)| rel.to_owned());
             out.insert(path, sha.to_string());
         }
     }
@@ -197,9 +204,10 @@ mod tests {
             members: vec![member("a b", "11"), member("c\\d\ne", "22")],
             skipped: vec![],
         };
-        let sums = m.sha256sums("33");
-        assert!(sums.contains("11  a b\n"));
-        assert!(sums.contains("\\22  c\\\\d\\ne\n"));
+        let sums = m.sha256sums("top", "33");
+        assert!(sums.contains("11  top/a b\n"));
+        assert!(sums.contains("\\22  top/c\\\\d\\ne\n"));
+        assert!(sums.contains("33  top/MANIFEST.json\n"));
         let parsed = parse_sha256sums(&sums);
         assert_eq!(parsed["a b"], "11");
         assert_eq!(parsed["c\\d\ne"], "22");

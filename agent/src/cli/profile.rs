@@ -24,8 +24,10 @@ pub struct ProfileArgs {
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
-    /// Profile every process in this cgroup v2 and its descendants: a path under
-    /// /sys/fs/cgroup, or relative to it (e.g. system.slice/nginx.service). Repeatable.
+    /// Profile every process in this cgroup v2 and its descendants (also those created while
+    /// sampling): an absolute path, or one relative to the cgroup v2 mount (/sys/fs/cgroup,
+    /// or /sys/fs/cgroup/unified on hybrid hosts), e.g. system.slice/nginx.service.
+    /// Repeatable.
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<PathBuf>,
 
