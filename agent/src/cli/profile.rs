@@ -2,8 +2,14 @@
 
 use std::path::PathBuf;
 
+use std::os::fd::AsFd as _;
+
 use anyhow::{Context as _, Result};
 use clap::Args;
+use nix::sys::{
+    signal::{SigSet, Signal},
+    signalfd::{SfdFlags, SignalFd},
+};
 
 /// Sample on-CPU stacks with eBPF and write folded stacks and a flame graph.
 ///
@@ -56,7 +62,20 @@ pub struct ProfileArgs {
 
 pub fn run(args: ProfileArgs) -> Result<()> {
     let request = crate::profile::ProfileRequest::from_cli(&args)?;
-    let report = crate::profile::run(&request).context("profiling failed")?;
-    println!("{report}");
+    // Ctrl-C and SIGTERM end sampling early; the profile is still written. Blocked here
+    // and read through a signalfd, then unblocked, so a second Ctrl-C during symbolization
+    // stops the program.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
+    let stop = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("creating a signalfd")?;
+    let result = crate::profile::run(&request, stop.as_fd());
+    let _ = stop.read_signal();
+    signals
+        .thread_unblock()
+        .context("unblocking SIGINT/SIGTERM")?;
+    println!("{}", result.context("profiling failed")?);
     Ok(())
 }

@@ -12,18 +12,12 @@ pub mod target;
 use std::{
     fmt, fs,
     io::{BufWriter, Write as _},
-    os::fd::AsFd as _,
+    os::fd::BorrowedFd,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
-use nix::{
-    poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::{
-        signal::{SigSet, Signal},
-        signalfd::{SfdFlags, SignalFd},
-    },
-};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::bpf::{
     self, BpfError,
@@ -105,8 +99,10 @@ pub struct ProfileReport {
 }
 
 /// Takes one profile: resolves targets, samples, symbolizes, writes `cpu.folded` and
-/// `cpu.svg` in the output directory.
-pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
+/// `cpu.svg` in the output directory. Sampling ends after the requested duration, or
+/// early when `stop` becomes readable (the CLI passes a signalfd for Ctrl-C/SIGTERM, a
+/// daemon an eventfd); the profile is written either way.
+pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileReport, ProfileError> {
     let targets = request.targets.resolve()?;
     // Fail on an unusable output directory now, not after the whole sampling period.
     prepare_output_dir(&request.output_dir)?;
@@ -118,14 +114,6 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
     };
     let mut known_cgroups = filter.cgroup_ids.clone();
     raise_fd_limit();
-
-    // Ctrl-C and SIGTERM end sampling early; the profile is still written.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.thread_block().map_err(ProfileError::Poll)?;
-    let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(ProfileError::Poll)?;
 
     let mut processes = process::ProcessTable::default();
     for &tgid in &targets.tgids {
@@ -152,7 +140,7 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
         let wait = (deadline - now).min(Duration::from_millis(250));
         let mut fds = [
             PollFd::new(sampler.notifications_fd(), PollFlags::POLLIN),
-            PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop, PollFlags::POLLIN),
         ];
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
@@ -163,7 +151,7 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
             .revents()
             .is_some_and(|r| r.contains(PollFlags::POLLIN))
         {
-            stopped_early = Some("interrupted");
+            stopped_early = Some("stop requested (signal)");
             break;
         }
         take_notifications(&mut sampler, &mut processes);
@@ -187,9 +175,6 @@ pub fn run(request: &ProfileRequest) -> Result<ProfileReport, ProfileError> {
     let sampled_for = start.elapsed();
     sampler.stop()?;
     let processing_start = Instant::now();
-    // Restore signal delivery: a second Ctrl-C from here on stops the program.
-    let _ = signal_fd.read_signal();
-    signals.thread_unblock().map_err(ProfileError::Poll)?;
 
     take_notifications(&mut sampler, &mut processes);
     let raw = sampler.drain()?;
