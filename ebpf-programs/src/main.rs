@@ -3,7 +3,10 @@
 #![no_std]
 #![no_main]
 
+mod locks;
+mod offcpu;
 mod oncpu;
+mod shared;
 
 #[cfg(not(test))]
 #[panic_handler]

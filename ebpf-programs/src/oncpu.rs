@@ -1,125 +1,23 @@
 //! On-CPU sampling: a `perf_event` program attached to the software cpu-clock event of every
 //! online CPU. Each sample walks the user and kernel stacks into `STACKS` and adds one to
-//! `CPU_COUNTS[(tgid, user stack id, kernel stack id)]`. User space drains both maps when
-//! the profile ends (agent/src/bpf/oncpu.rs). A raw tracepoint on `sched_process_exec`
-//! tells user space, through the next sample, that a process replaced its memory maps.
+//! `CPU_COUNTS[(tgid, user stack id, kernel stack id)]`. User space drains the maps when
+//! the profile ends (agent/src/bpf/oncpu.rs).
 
 use aya_ebpf::{
-    EbpfContext as _, Global,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::bpf_get_current_cgroup_id,
-    macros::{map, perf_event, raw_tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
-    programs::{PerfEventContext, RawTracePointContext, tracing::StackIdContext as _},
+    EbpfContext as _,
+    bindings::BPF_NOEXIST,
+    macros::{map, perf_event},
+    maps::PerCpuHashMap,
+    programs::PerfEventContext,
 };
-use hindsight_common::{Counter, NewProcess, StackKey, errno, filter};
+use hindsight_common::{Counter, StackKey, errno};
 
-/// Which filters are on (`hindsight_common::filter` bits); set by the loader.
-#[unsafe(no_mangle)]
-static FILTER_FLAGS: Global<u32> = Global::new(0);
-
-/// Stack traces, shared by user and kernel stacks. Its size is set by the loader.
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+use crate::shared::{USER_STACK, announce, count, selected, stack_id};
 
 /// Sample counts, per CPU: there is no atomic add for the BPF target in Rust, and a per-CPU
 /// value needs none since a CPU runs one sample at a time. User space sums the CPUs.
 #[map]
 static CPU_COUNTS: PerCpuHashMap<StackKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
-
-/// Processes selected by `--pid` (value unused).
-#[map]
-static TARGET_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
-
-/// cgroup v2 ids selected by `--cgroup`/`--unit`, with their descendants (value unused).
-#[map]
-static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
-
-/// What happened to each sample, indexed by `hindsight_common::Counter`.
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
-
-/// Processes already announced on `NEW_PROCESSES`; `oncpu_exec` forgets a process that
-/// execs, so that its next sample announces it again and user space re-reads its maps.
-#[map]
-static SEEN_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
-
-/// First sample of each process, so user space snapshots its maps while it is alive.
-#[map]
-static NEW_PROCESSES: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
-
-#[inline(always)]
-fn count(counter: Counter) {
-    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: the pointer is to this CPU's slot of a per-CPU array, and a CPU runs one
-        // perf_event program at a time.
-        unsafe { *value += 1 };
-    }
-}
-
-#[inline(always)]
-fn selected(tgid: u32) -> bool {
-    let flags = FILTER_FLAGS.load();
-    if flags == 0 {
-        return true;
-    }
-    // SAFETY: the values are never read, only the keys' presence.
-    if flags & filter::TGIDS != 0 && unsafe { TARGET_TGIDS.get(&tgid) }.is_some() {
-        return true;
-    }
-    if flags & filter::CGROUPS != 0 {
-        // SAFETY: helper with no arguments, allowed in perf_event programs.
-        let cgroup = unsafe { bpf_get_current_cgroup_id() };
-        // SAFETY: as above, presence only.
-        if unsafe { TARGET_CGROUPS.get(&cgroup) }.is_some() {
-            return true;
-        }
-    }
-    false
-}
-
-#[inline(always)]
-fn stack_id(
-    ctx: &PerfEventContext,
-    flags: u64,
-    fault: Counter,
-    collision: Counter,
-    other: Counter,
-) -> i32 {
-    match ctx.get_stackid(&STACKS, flags) {
-        Ok(id) => id as i32,
-        Err(err) => {
-            count(if err == -errno::EFAULT {
-                fault
-            } else if err == -errno::EEXIST {
-                collision
-            } else {
-                other
-            });
-            err
-        }
-    }
-}
-
-#[inline(always)]
-fn announce(ctx: &PerfEventContext, tgid: u32) {
-    // SAFETY: presence only.
-    if unsafe { SEEN_TGIDS.get(&tgid) }.is_some() {
-        return;
-    }
-    if SEEN_TGIDS.insert(&tgid, &0, BPF_NOEXIST as u64).is_err() {
-        // Another CPU announced it first.
-        return;
-    }
-    let event = NewProcess {
-        tgid,
-        pid: ctx.pid(),
-        comm: ctx.command().unwrap_or([0; 16]),
-    };
-    if NEW_PROCESSES.output(&event, 0).is_err() {
-        count(Counter::NewProcessLost);
-    }
-}
 
 #[perf_event]
 pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
@@ -135,20 +33,8 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
     }
     let key = StackKey {
         tgid,
-        user_stack_id: stack_id(
-            &ctx,
-            BPF_F_USER_STACK as u64,
-            Counter::UserStackFault,
-            Counter::UserStackCollision,
-            Counter::UserStackOther,
-        ),
-        kernel_stack_id: stack_id(
-            &ctx,
-            0,
-            Counter::KernelStackFault,
-            Counter::KernelStackCollision,
-            Counter::KernelStackOther,
-        ),
+        user_stack_id: stack_id(&ctx, USER_STACK),
+        kernel_stack_id: stack_id(&ctx, 0),
     };
     announce(&ctx, tgid);
     add_sample(&key);
@@ -177,13 +63,4 @@ fn add_sample(key: &StackKey) {
         }
         Err(_) => count(Counter::CountMapFull),
     }
-}
-
-/// A process called execve: its memory maps are new. Forget that it was announced, so its
-/// next sample announces it again. Raw tracepoint: needs neither tracefs nor kprobes.
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn oncpu_exec(ctx: RawTracePointContext) -> i32 {
-    let tgid = ctx.tgid();
-    let _ = SEEN_TGIDS.remove(&tgid);
-    0
 }

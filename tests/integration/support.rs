@@ -73,17 +73,28 @@ fn run_build(cmd: &mut Command) {
 
 /// tests/fixtures/split.c built with frame pointers: burns CPU in `work_a` and `work_b`.
 pub fn split_c() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = fixture_dir().join("split");
-        run_build(
-            Command::new("cc")
-                .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
-                .arg(&out)
-                .arg(source("split.c")),
-        );
-        out
-    })
+    fixture("split")
+}
+
+/// tests/fixtures/NAME.c built once per test run, with frame pointers and debug info.
+pub fn fixture(name: &str) -> &'static Path {
+    static BUILT: Mutex<Vec<(String, &'static Path)>> = Mutex::new(Vec::new());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path;
+    }
+    let out = fixture_dir().join(name);
+    run_build(
+        Command::new("cc")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .arg(&out)
+            .arg(source(&format!("{name}.c"))),
+    );
+    let path: &'static Path = Box::leak(out.into_boxed_path());
+    built.push((name.to_owned(), path));
+    path
 }
 
 /// tests/fixtures/split.rs built with frame pointers: `rust_work_a` and `rust_work_b`.

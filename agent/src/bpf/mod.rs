@@ -1,11 +1,18 @@
 //! Loading Hindsight's eBPF programs into the kernel: the embedded object, privilege and
-//! kernel-feature checks, and the errors a user sees when loading fails. One module per
-//! probe family owns that family's maps: [`oncpu`].
+//! kernel-feature checks, and the errors a user sees when loading fails. [`session`] loads
+//! the object once per profile; one module per probe family attaches and drains that
+//! family's programs and maps: [`oncpu`], [`offcpu`], [`locks`].
 
+pub mod locks;
+pub mod offcpu;
 pub mod oncpu;
 mod privileges;
+pub mod session;
+mod tracefs;
 
+pub use hindsight_common::Counter;
 pub use privileges::check_privileges;
+pub use session::{Counters, KernelFilter, MapSizes, RawProfile, Session, SessionConfig};
 
 /// The eBPF object built by build.rs (ebpf-programs, with BTF).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hindsight-probes"));
@@ -42,6 +49,15 @@ pub enum BpfError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("attaching `{name}` to tracepoint {tracepoint} failed (does this kernel have it?)")]
+    AttachTracepoint {
+        name: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("mounting tracefs at /sys/kernel/tracing (needed for the futex tracepoints)")]
+    Tracefs(#[source] std::io::Error),
     #[error("eBPF map `{name}`")]
     Map {
         name: &'static str,

@@ -2,10 +2,7 @@
 
 use std::io::Write;
 
-use inferno::flamegraph::{
-    Options,
-    color::{BasicPalette, Palette},
-};
+use inferno::flamegraph::{Options, color::Palette};
 
 use super::stack::Folded;
 
@@ -14,8 +11,10 @@ use super::stack::Folded;
 pub struct GraphLabels {
     pub title: String,
     pub subtitle: String,
-    /// What a frame's weight counts ("samples").
+    /// What a frame's weight counts ("samples", "µs").
     pub count_name: String,
+    /// Colours that tell the modes apart (hot for on-CPU, io blues for off-CPU...).
+    pub palette: Palette,
 }
 
 /// Writes the SVG. An empty profile still gives a valid SVG that says so.
@@ -42,7 +41,7 @@ pub fn write_svg(
     options.title = labels.title.clone();
     options.subtitle = Some(labels.subtitle.clone());
     options.count_name = labels.count_name.clone();
-    options.colors = Palette::Basic(BasicPalette::Hot);
+    options.colors = labels.palette;
     // Same colours for the same function across runs and hosts, so graphs compare.
     options.hash = true;
     let lines: Vec<String> = folded.lines().collect();
@@ -64,6 +63,7 @@ mod tests {
             title: "On-CPU test".into(),
             subtitle: "sub".into(),
             count_name: "samples".into(),
+            palette: Palette::Basic(inferno::flamegraph::color::BasicPalette::Hot),
         }
     }
 

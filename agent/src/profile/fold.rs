@@ -1,9 +1,12 @@
-//! Raw kernel counts -> folded stacks: resolves each count-map key's stack ids to frames
-//! (symbolized per process), prefixes the process name, and merges identical stacks.
-//! Every sample lands in the output; a stack the kernel could not record becomes a
-//! `[lost]` frame, one it could not walk an `[unknown]` frame.
+//! Raw kernel records -> folded stacks: resolves each record's stack ids to frames
+//! (symbolized per process), prefixes the process name, appends the record's own leaf frame
+//! (an off-CPU state, a lock), and merges identical stacks. Every record lands in the
+//! output; a stack the kernel could not record becomes a `[lost]` frame, one it could not
+//! walk an `[unknown]` frame. Kernel frames of the tracing machinery itself (the
+//! `__traceiter_*`/`bpf_trace_run*`/`bpf_prog_*` frames at the leaf of a tracepoint's
+//! stack) are trimmed: they are our cost, not the workload's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use hindsight_common::errno;
 
@@ -12,42 +15,98 @@ use super::{
     stack::{Folded, KERNEL_SUFFIX},
     symbolize::{FrameNames, Symbolizer, UNKNOWN, lookup_addr},
 };
-use crate::bpf::oncpu::RawProfile;
 
 /// A stack the kernel did not record (map collision or full map).
 pub const LOST: &str = "[lost]";
 
-/// What folding saw, for the report.
+/// One aggregated kernel record: a process, its two stacks, a weight.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub tgid: u32,
+    pub user_stack_id: i32,
+    pub kernel_stack_id: i32,
+    /// Samples (on-CPU) or microseconds (off-CPU, locks).
+    pub weight: u64,
+    /// Frame appended above the stack (off-CPU state, lock name).
+    pub leaf: Option<String>,
+}
+
+/// What folding saw, for the report. Weights are in the profile's unit.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FoldStats {
-    pub samples: u64,
-    /// Samples whose user stack was lost (collision, full map).
+    pub weight: u64,
+    /// Weight whose user stack was lost (collision, full map).
     pub lost_user: u64,
-    /// Samples whose kernel stack was lost.
+    /// Weight whose kernel stack was lost.
     pub lost_kernel: u64,
-    /// Samples of user processes whose user stack could not be walked at all.
+    /// Weight of user processes whose user stack could not be walked at all.
     pub unwalkable_user: u64,
+    /// Weight whose user stack does not reach a thread or process entry point (`main`,
+    /// `start_thread`, `_start`, `clone`...): cut short, typically by code built without
+    /// frame pointers.
+    pub truncated_user: u64,
     pub processes: usize,
     /// Processes gone before the end of the profile.
     pub exited: usize,
 }
 
+/// Outermost user frames of a whole stack.
+const ENTRY_POINTS: &[&str] = &[
+    "_start",
+    "__libc_start_main",
+    "__libc_start_call_main",
+    "__libc_start_main_impl",
+    "main",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__clone3",
+    "thread_start",
+];
+
+/// Kernel frames of the tracing machinery: they and everything above them are trimmed
+/// from kernel stacks.
+fn is_tracing_frame(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "__traceiter_",
+        "trace_call_bpf",
+        "perf_trace_",
+        "__probestub_",
+        "perf_syscall_",
+        "bpf_get_stack",
+        "__bpf_get_stack",
+        "get_perf_callchain",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || name.ends_with("[bpf]")
+}
+
 pub fn fold(
-    raw: &RawProfile,
+    records: &[Record],
+    stacks: &HashMap<u32, Vec<u64>>,
     processes: &ProcessTable,
     symbolizer: &mut Symbolizer,
 ) -> (Folded, FoldStats) {
     let mut stats = FoldStats::default();
+    let stack = |id: i32| -> Option<&Vec<u64>> {
+        if id < 0 {
+            return None;
+        }
+        stacks.get(&(id as u32)).filter(|ips| !ips.is_empty())
+    };
     // Symbolize in batches: kernel addresses together, user addresses per process.
     let mut kernel_addrs = Vec::new();
     let mut user_addrs: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    for sample in &raw.samples {
-        if let Some(ips) = stack(raw, sample.key.kernel_stack_id) {
+    for r in records {
+        if let Some(ips) = stack(r.kernel_stack_id) {
             kernel_addrs.extend(ips.iter().enumerate().map(|(i, ip)| lookup_addr(i, *ip)));
         }
-        if let Some(ips) = stack(raw, sample.key.user_stack_id) {
+        if let Some(ips) = stack(r.user_stack_id) {
             user_addrs
-                .entry(sample.key.tgid)
+                .entry(r.tgid)
                 .or_default()
                 .extend(ips.iter().enumerate().map(|(i, ip)| lookup_addr(i, *ip)));
         }
@@ -66,49 +125,66 @@ pub fn fold(
     }
 
     let mut folded = Folded::default();
-    let mut seen = std::collections::BTreeSet::new();
-    for sample in &raw.samples {
-        let key = sample.key;
-        stats.samples += sample.count;
-        seen.insert(key.tgid);
-        let process = processes.get(key.tgid);
+    let mut seen = BTreeSet::new();
+    for r in records {
+        stats.weight += r.weight;
+        seen.insert(r.tgid);
+        let process = processes.get(r.tgid);
         let mut frames =
-            vec![process.map_or_else(|| format!("[pid {}]", key.tgid), |p| p.comm.clone())];
-        match stack(raw, key.user_stack_id) {
+            vec![process.map_or_else(|| format!("[pid {}]", r.tgid), |p| p.comm.clone())];
+        match stack(r.user_stack_id) {
             Some(ips) => {
-                let names = &user_names[&key.tgid];
+                let names = &user_names[&r.tgid];
+                let first = frames.len();
                 for (i, ip) in ips.iter().enumerate().rev() {
                     frames.extend(names[&lookup_addr(i, *ip)].iter().cloned());
                 }
+                if !frames[first..]
+                    .iter()
+                    .take(2)
+                    .any(|f| ENTRY_POINTS.contains(&f.as_str()))
+                {
+                    stats.truncated_user += r.weight;
+                }
             }
-            None if key.user_stack_id == -errno::EFAULT => {
+            None if r.user_stack_id == -errno::EFAULT => {
                 // Kernel threads have no user stack; for anything else it was unwalkable.
                 if !process.is_some_and(|p| p.kernel_thread) {
-                    stats.unwalkable_user += sample.count;
+                    stats.unwalkable_user += r.weight;
                     frames.push(UNKNOWN.to_owned());
                 }
             }
             None => {
-                stats.lost_user += sample.count;
+                stats.lost_user += r.weight;
                 frames.push(LOST.to_owned());
             }
         }
-        match stack(raw, key.kernel_stack_id) {
+        match stack(r.kernel_stack_id) {
             Some(ips) => {
-                for (i, ip) in ips.iter().enumerate().rev() {
-                    for name in &kernel_names[&lookup_addr(i, *ip)] {
-                        frames.push(format!("{name}{KERNEL_SUFFIX}"));
-                    }
+                let mut kernel: Vec<&String> = ips
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .flat_map(|(i, ip)| kernel_names[&lookup_addr(i, *ip)].iter())
+                    .collect();
+                // From the first machinery frame on, everything leaf-ward is the probe
+                // (BPF JIT code may even be named after the symbol that precedes it).
+                if let Some(at) = kernel.iter().position(|f| is_tracing_frame(f)) {
+                    kernel.truncate(at);
                 }
+                frames.extend(kernel.into_iter().map(|f| format!("{f}{KERNEL_SUFFIX}")));
             }
-            // The sample interrupted user mode: no kernel part.
-            None if key.kernel_stack_id == -errno::EFAULT => {}
+            // No kernel part: a sample in user mode, or a record without kernel stack.
+            None if r.kernel_stack_id == -errno::EFAULT => {}
             None => {
-                stats.lost_kernel += sample.count;
+                stats.lost_kernel += r.weight;
                 frames.push(format!("{LOST}{KERNEL_SUFFIX}"));
             }
         }
-        folded.add(&frames, sample.count);
+        if let Some(leaf) = &r.leaf {
+            frames.push(leaf.clone());
+        }
+        folded.add(&frames, r.weight);
     }
     stats.processes = seen.len();
     stats.exited = seen
@@ -118,19 +194,9 @@ pub fn fold(
     (folded, stats)
 }
 
-/// The frames of a stack id, or `None` when the id is an error or was not readable.
-fn stack(raw: &RawProfile, id: i32) -> Option<&Vec<u64>> {
-    if id < 0 {
-        return None;
-    }
-    raw.stacks.get(&(id as u32)).filter(|ips| !ips.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::oncpu::RawSample;
-    use hindsight_common::StackKey;
 
     #[inline(never)]
     fn outer_fixture_fn() -> u64 {
@@ -150,28 +216,27 @@ mod tests {
         let leaf = inner_fixture_fn as *const () as u64 + 1;
         // A return address: inside outer, past its start.
         let caller = outer_fixture_fn as *const () as u64 + 2;
-        let sample = |user, kernel, count| RawSample {
-            key: StackKey {
-                tgid: me,
-                user_stack_id: user,
-                kernel_stack_id: kernel,
-            },
-            count,
+        let record = |user, kernel, weight, leaf: Option<&str>| Record {
+            tgid: me,
+            user_stack_id: user,
+            kernel_stack_id: kernel,
+            weight,
+            leaf: leaf.map(str::to_owned),
         };
-        let raw = RawProfile {
-            samples: vec![
-                sample(1, -errno::EFAULT, 3),
-                sample(-errno::EEXIST, -errno::EFAULT, 2),
-                sample(1, -errno::EEXIST, 1),
-            ],
-            stacks: HashMap::from([(1, vec![leaf, caller])]),
-            counters: Default::default(),
-        };
-        let (folded, stats) = fold(&raw, &processes, &mut Symbolizer::new());
-        assert_eq!(folded.total(), 6);
-        assert_eq!(stats.samples, 6);
+        let records = vec![
+            record(1, -errno::EFAULT, 3, None),
+            record(-errno::EEXIST, -errno::EFAULT, 2, None),
+            record(1, -errno::EEXIST, 1, None),
+            record(1, -errno::EFAULT, 4, Some("[sleeping]")),
+        ];
+        let stacks = HashMap::from([(1, vec![leaf, caller])]);
+        let (folded, stats) = fold(&records, &stacks, &processes, &mut Symbolizer::new());
+        assert_eq!(folded.total(), 10);
+        assert_eq!(stats.weight, 10);
         assert_eq!(stats.lost_user, 2);
         assert_eq!(stats.lost_kernel, 1);
+        // The fixture stack starts at outer_fixture_fn, not at an entry point.
+        assert_eq!(stats.truncated_user, 8);
         let lines: Vec<String> = folded.lines().collect();
         let comm = processes.get(me).unwrap().comm.clone();
         assert!(
@@ -186,5 +251,22 @@ mod tests {
             lines.iter().any(|l| l.ends_with(";[lost]_[k] 1")),
             "{lines:#?}"
         );
+        assert!(
+            lines.iter().any(|l| l.ends_with(";[sleeping] 4")),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn tracing_frames_are_recognized() {
+        for f in [
+            "bpf_prog_6deef7357e7b4530_offcpu_switch",
+            "bpf_trace_run4",
+            "__traceiter_sched_switch",
+            "x [bpf]",
+        ] {
+            assert!(is_tracing_frame(f), "{f}");
+        }
+        assert!(!is_tracing_frame("__schedule"));
     }
 }

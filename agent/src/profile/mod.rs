@@ -1,30 +1,33 @@
-//! The profiling pipeline: eBPF maps ([`crate::bpf::oncpu`]) -> processes seen
-//! ([`process`]) -> symbolization ([`symbolize`]) -> folded stacks ([`fold`], [`stack`]) ->
-//! flame graph ([`flamegraph`]). [`run`] drives it for one `hindsight profile`.
+//! The profiling pipeline: eBPF maps ([`crate::bpf::Session`]) -> records per mode
+//! (`records`) -> processes seen ([`process`]) -> symbolization ([`symbolize`]) -> folded
+//! stacks ([`fold`], [`stack`]) -> flame graphs ([`flamegraph`]) and the summary
+//! ([`ProfileReport`]). [`run`] drives it for one `hindsight profile`.
 
 pub mod flamegraph;
 pub mod fold;
 pub mod process;
+mod records;
+mod report;
 pub mod stack;
 pub mod symbolize;
 pub mod target;
 
+pub use report::{LockSummary, ModeOutput, ProfileReport};
+
 use std::{
-    fmt, fs,
+    collections::BTreeSet,
+    fs,
     io::{BufWriter, Write as _},
     os::fd::BorrowedFd,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
+use inferno::flamegraph::color::{BasicPalette, Palette};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::bpf::{
-    self, BpfError,
-    oncpu::{Counter, Counters, KernelFilter, MapSizes, OnCpuSampler},
-};
-use fold::FoldStats;
-use stack::ratio;
+pub use crate::bpf::offcpu::{OffCpuSettings, TaskState};
+use crate::bpf::{self, BpfError, KernelFilter, MapSizes, Session, SessionConfig};
 use target::{ResolvedTargets, TargetError, Targets};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +54,56 @@ pub enum ProfileError {
     Poll(#[source] nix::Error),
 }
 
-/// One on-CPU profile to take.
+/// What a profile records: on-CPU samples, off-CPU waits, lock waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    Cpu,
+    OffCpu,
+    Locks,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Cpu, Mode::OffCpu, Mode::Locks];
+
+    /// File stem of its outputs and its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Cpu => "cpu",
+            Mode::OffCpu => "offcpu",
+            Mode::Locks => "locks",
+        }
+    }
+
+    fn labels(self, target: &str, host: &str) -> (String, &'static str, Palette) {
+        match self {
+            Mode::Cpu => (
+                format!("On-CPU: {target} on {host}"),
+                "samples",
+                Palette::Basic(BasicPalette::Hot),
+            ),
+            Mode::OffCpu => (
+                format!("Off-CPU time (µs blocked): {target} on {host}"),
+                "µs",
+                Palette::Basic(BasicPalette::Io),
+            ),
+            Mode::Locks => (
+                format!("Lock contention (µs waited): {target} on {host}"),
+                "µs",
+                Palette::Basic(BasicPalette::Purple),
+            ),
+        }
+    }
+}
+
+/// One profile to take.
 #[derive(Debug, Clone)]
 pub struct ProfileRequest {
     pub targets: Targets,
     pub duration: Duration,
+    pub modes: BTreeSet<Mode>,
+    /// On-CPU sampling frequency.
     pub frequency: u64,
+    pub offcpu: OffCpuSettings,
     pub output_dir: PathBuf,
 }
 
@@ -65,6 +112,11 @@ impl ProfileRequest {
         if !(args.duration.is_finite() && args.duration > 0.0) {
             return Err(ProfileError::Duration(args.duration));
         }
+        let states = if args.states.is_empty() {
+            TaskState::ALL.to_vec()
+        } else {
+            args.states.clone()
+        };
         Ok(Self {
             targets: Targets {
                 pids: args.pids.clone(),
@@ -72,36 +124,21 @@ impl ProfileRequest {
                 units: args.units.clone(),
             },
             duration: Duration::from_secs_f64(args.duration),
+            modes: args.modes(),
             frequency: args.frequency,
+            offcpu: OffCpuSettings {
+                min_block: Duration::from_micros(args.min_block),
+                states,
+            },
             output_dir: args.output_dir.clone(),
         })
     }
 }
 
-/// What a profile produced, printed at the end of `hindsight profile`.
-#[derive(Debug)]
-pub struct ProfileReport {
-    pub folded_path: PathBuf,
-    pub svg_path: PathBuf,
-    pub target: String,
-    pub cpus: usize,
-    pub frequency: u64,
-    pub sampled_for: Duration,
-    pub stopped_early: Option<&'static str>,
-    pub counters: Counters,
-    pub fold: FoldStats,
-    pub distinct_stacks: usize,
-    pub unnamed_frames: u64,
-    pub frames: u64,
-    /// From the end of sampling to the SVG on disk.
-    pub processing: Duration,
-    pub top: Vec<(String, u64)>,
-}
-
-/// Takes one profile: resolves targets, samples, symbolizes, writes `cpu.folded` and
-/// `cpu.svg` in the output directory. Sampling ends after the requested duration, or
-/// early when `stop` becomes readable (the CLI passes a signalfd for Ctrl-C/SIGTERM, a
-/// daemon an eventfd); the profile is written either way.
+/// Takes one profile: resolves targets, records the requested modes, symbolizes, and
+/// writes `<mode>.folded` and `<mode>.svg` in the output directory. Recording ends after
+/// the requested duration, or early when `stop` becomes readable (the CLI passes a
+/// signalfd for Ctrl-C/SIGTERM, a daemon an eventfd); the profile is written either way.
 pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileReport, ProfileError> {
     let targets = request.targets.resolve()?;
     // Fail on an unusable output directory now, not after the whole sampling period.
@@ -119,12 +156,32 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
     for &tgid in &targets.tgids {
         processes.observe(tgid, None);
     }
-    let mut sampler = OnCpuSampler::start(&filter, request.frequency, MapSizes::default())?;
-    let cpus = sampler.attached_cpus();
+    let modes = &request.modes;
+    let mut session = Session::start(
+        &filter,
+        SessionConfig {
+            oncpu_hz: modes.contains(&Mode::Cpu).then_some(request.frequency),
+            offcpu: modes
+                .contains(&Mode::OffCpu)
+                .then(|| request.offcpu.clone()),
+            locks: modes.contains(&Mode::Locks),
+            sizes: MapSizes::default(),
+        },
+    )?;
+    let cpus = session.attached_cpus();
     tracing::info!(
-        "sampling {} on {cpus} CPUs at {} Hz for {:.1} s (Ctrl-C stops early and still writes the profile)",
+        "recording {} ({}) of {} for {:.1} s (Ctrl-C stops early and still writes the profile)",
+        modes
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if modes.contains(&Mode::Cpu) {
+            format!("on-CPU sampling at {} Hz on {cpus} CPUs", request.frequency)
+        } else {
+            "event-driven".to_owned()
+        },
         targets.describe(),
-        request.frequency,
         request.duration.as_secs_f64()
     );
     let started_at = SystemTime::now();
@@ -139,7 +196,7 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
         }
         let wait = (deadline - now).min(Duration::from_millis(250));
         let mut fds = [
-            PollFd::new(sampler.notifications_fd(), PollFlags::POLLIN),
+            PollFd::new(session.notifications_fd(), PollFlags::POLLIN),
             PollFd::new(stop, PollFlags::POLLIN),
         ];
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
@@ -154,11 +211,11 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
             stopped_early = Some("stop requested (signal)");
             break;
         }
-        take_notifications(&mut sampler, &mut processes);
+        take_notifications(&mut session, &mut processes);
         if Instant::now() >= next_housekeeping {
             next_housekeeping += Duration::from_secs(1);
             for id in targets.cgroup_ids().difference(&known_cgroups.clone()) {
-                sampler.add_cgroup(*id)?;
+                session.add_cgroup(*id)?;
                 known_cgroups.insert(*id);
             }
             if only_pids(&targets)
@@ -173,58 +230,82 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
         }
     }
     let sampled_for = start.elapsed();
-    sampler.stop()?;
+    session.stop()?;
     let processing_start = Instant::now();
-
-    take_notifications(&mut sampler, &mut processes);
-    let raw = sampler.drain()?;
-    drop(sampler);
-    for sample in &raw.samples {
-        processes.observe(sample.key.tgid, None);
+    take_notifications(&mut session, &mut processes);
+    let raw = session.drain()?;
+    drop(session);
+    for tgid in raw
+        .oncpu
+        .iter()
+        .map(|s| s.key.tgid)
+        .chain(raw.offcpu.iter().map(|(k, _)| k.tgid))
+        .chain(raw.locks.iter().map(|(k, _)| k.tgid))
+    {
+        processes.observe(tgid, None);
     }
     processes.refresh();
-    let mut symbolizer = symbolize::Symbolizer::new();
-    let (folded, fold_stats) = fold::fold(&raw, &processes, &mut symbolizer);
 
-    let folded_path = request.output_dir.join("cpu.folded");
-    let svg_path = request.output_dir.join("cpu.svg");
-    write_atomically(&folded_path, |out| folded.write_to(out))?;
-    let labels = flamegraph::GraphLabels {
-        title: format!(
-            "On-CPU: {} on {}",
-            targets.describe(),
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "this host".into())
-        ),
-        subtitle: format!(
-            "{} UTC, {:.1} s, {} samples at {} Hz on {} CPUs; kernel frames _[k]; [lost] = stack not recorded",
-            utc_seconds(started_at),
-            sampled_for.as_secs_f64(),
-            folded.total(),
-            request.frequency,
-            cpus,
-        ),
-        count_name: "samples".into(),
-    };
-    write_atomically(&svg_path, |out| {
-        flamegraph::write_svg(&folded, &labels, out)
-    })?;
+    let mut symbolizer = symbolize::Symbolizer::new();
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "this host".into());
+    let mut outputs = Vec::new();
+    for &mode in modes {
+        let (records, lock_table) = match mode {
+            Mode::Cpu => (records::oncpu(&raw), Vec::new()),
+            Mode::OffCpu => (records::offcpu(&raw), Vec::new()),
+            Mode::Locks => records::locks(&raw, &processes, &mut symbolizer),
+        };
+        let (folded, fold_stats) = fold::fold(&records, &raw.stacks, &processes, &mut symbolizer);
+        let folded_path = request.output_dir.join(format!("{}.folded", mode.name()));
+        let svg_path = request.output_dir.join(format!("{}.svg", mode.name()));
+        write_atomically(&folded_path, |out| folded.write_to(out))?;
+        let (title, unit, palette) = mode.labels(&targets.describe(), &host);
+        let labels = flamegraph::GraphLabels {
+            title,
+            subtitle: format!(
+                "{} UTC, {:.1} s, {} {unit}{}; kernel frames _[k]; [lost] = stack not recorded",
+                utc_seconds(started_at),
+                sampled_for.as_secs_f64(),
+                folded.total(),
+                if mode == Mode::Cpu {
+                    format!(" at {} Hz on {cpus} CPUs", request.frequency)
+                } else {
+                    String::new()
+                },
+            ),
+            count_name: unit.into(),
+            palette,
+        };
+        write_atomically(&svg_path, |out| {
+            flamegraph::write_svg(&folded, &labels, out)
+        })?;
+        outputs.push(ModeOutput {
+            mode,
+            top: if mode == Mode::Cpu {
+                folded.top_self(5)
+            } else {
+                folded.top_waits(5)
+            },
+            folded_path,
+            svg_path,
+            fold: fold_stats,
+            distinct_stacks: folded.len(),
+            locks: lock_table,
+        });
+    }
     Ok(ProfileReport {
-        folded_path,
-        svg_path,
         target: targets.describe(),
         cpus,
         frequency: request.frequency,
         sampled_for,
         stopped_early,
         counters: raw.counters,
-        fold: fold_stats,
-        distinct_stacks: folded.len(),
+        outputs,
         unnamed_frames: symbolizer.stats.unnamed,
         frames: symbolizer.stats.addresses,
         processing: processing_start.elapsed(),
-        top: folded.top_self(5),
     })
 }
 
@@ -237,8 +318,8 @@ fn utc_seconds(at: SystemTime) -> String {
 }
 
 /// Snapshots processes the kernel saw for the first time, or again after an exec.
-fn take_notifications(sampler: &mut OnCpuSampler, processes: &mut process::ProcessTable) {
-    for event in sampler.new_processes() {
+fn take_notifications(session: &mut Session, processes: &mut process::ProcessTable) {
+    for event in session.new_processes() {
         let len = event
             .comm
             .iter()
@@ -295,76 +376,5 @@ fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
-impl fmt::Display for ProfileReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = |counter| self.counters.get(counter);
-        writeln!(
-            f,
-            "wrote {} ({} distinct stacks) and {}",
-            self.folded_path.display(),
-            self.distinct_stacks,
-            self.svg_path.display()
-        )?;
-        writeln!(
-            f,
-            "sampled {} for {:.1} s at {} Hz on {} CPUs{}: {} samples from {} processes ({} exited during the profile)",
-            self.target,
-            self.sampled_for.as_secs_f64(),
-            self.frequency,
-            self.cpus,
-            self.stopped_early
-                .map(|r| format!(" (stopped early: {r})"))
-                .unwrap_or_default(),
-            self.fold.samples,
-            self.fold.processes,
-            self.fold.exited,
-        )?;
-        writeln!(
-            f,
-            "kernel: {} samples taken, {} idle, {} of other tasks, {} recorded, {} lost to a full count map",
-            c(Counter::Samples),
-            c(Counter::Idle),
-            c(Counter::FilteredOut),
-            c(Counter::Recorded),
-            c(Counter::CountMapFull),
-        )?;
-        writeln!(
-            f,
-            "stacks: {} user and {} kernel lost (stack-map collisions {}/{}, other {}/{}), {} user stacks not walkable; \
-             {} of {} frames unnamed ({:.1}%)",
-            self.fold.lost_user,
-            self.fold.lost_kernel,
-            c(Counter::UserStackCollision),
-            c(Counter::KernelStackCollision),
-            c(Counter::UserStackOther),
-            c(Counter::KernelStackOther),
-            self.fold.unwalkable_user,
-            self.unnamed_frames,
-            self.frames,
-            100.0 * ratio(self.unnamed_frames, self.frames),
-        )?;
-        if c(Counter::NewProcessLost) > 0 {
-            writeln!(
-                f,
-                "warning: {} new-process notifications lost: some exited processes may be unsymbolized",
-                c(Counter::NewProcessLost)
-            )?;
-        }
-        writeln!(f, "processed in {} ms", self.processing.as_millis())?;
-        if self.fold.samples == 0 {
-            writeln!(
-                f,
-                "no samples: the target did not run on a CPU while sampling"
-            )?;
-        } else {
-            writeln!(f, "top functions (self):")?;
-            for (name, n) in &self.top {
-                writeln!(f, "  {:5.1}%  {name}", 100.0 * ratio(*n, self.fold.samples))?;
-            }
-        }
-        Ok(())
     }
 }

@@ -24,6 +24,8 @@ pub struct ObjectFile {
     /// The path as the process sees it (in its own mount namespace).
     pub path: PathBuf,
     file: File,
+    /// ELF `e_type` is ET_EXEC: mapped at its link-time addresses (no load bias).
+    pub fixed_address: bool,
 }
 
 impl ObjectFile {
@@ -91,6 +93,41 @@ impl ProcessInfo {
         let idx = self.maps.partition_point(|m| m.start <= addr);
         let m = self.maps.get(idx.checked_sub(1)?)?;
         (addr < m.end).then_some(m)
+    }
+
+    /// For a data address: the object whose variables live there (its file mappings, or the
+    /// anonymous mapping right after them: .bss beyond the file) and the address as the
+    /// object's link-time (virtual) address.
+    pub fn data_address(&self, addr: u64) -> Option<(&Arc<ObjectFile>, u64)> {
+        let idx = self
+            .maps
+            .partition_point(|m| m.start <= addr)
+            .checked_sub(1)?;
+        let m = &self.maps[idx];
+        if addr >= m.end {
+            return None;
+        }
+        let object = match &m.backing {
+            Backing::File(object) => object,
+            Backing::Anonymous => match &self.maps.get(idx.checked_sub(1)?)?.backing {
+                Backing::File(object) if self.maps[idx - 1].end == m.start => object,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        if object.fixed_address {
+            return Some((object, addr));
+        }
+        // Shared objects and PIE are linked at 0: the mapping of file offset 0 is the bias.
+        let base = self
+            .maps
+            .iter()
+            .filter(|m| {
+                m.offset == 0 && matches!(&m.backing, Backing::File(o) if Arc::ptr_eq(o, object))
+            })
+            .map(|m| m.start)
+            .min()?;
+        Some((object, addr.checked_sub(base)?))
     }
 
     pub fn perf_map_symbol(&self, addr: u64) -> Option<&str> {
@@ -215,10 +252,8 @@ impl ProcessTable {
         if !kernel_thread {
             for map in process.maps().ok()? {
                 let backing = match &map.pathname {
+                    // Data mappings too: lock (futex) addresses are named from them.
                     MMapPath::Path(path) => {
-                        if !map.perms.contains(procfs::process::MMPermissions::EXECUTE) {
-                            continue;
-                        }
                         self.open_object(tgid, map.address, map.dev, map.inode, path)
                     }
                     MMapPath::Vdso => Backing::Vdso,
@@ -267,9 +302,15 @@ impl ProcessTable {
         let opened = File::open(&via_map_files).or_else(|_| File::open(&in_root));
         match opened {
             Ok(file) => {
+                // e_type, at offset 16 of the ELF header: 2 = ET_EXEC.
+                let mut e_type = [0u8; 2];
+                let fixed_address =
+                    std::os::unix::fs::FileExt::read_exact_at(&file, &mut e_type, 16)
+                        .is_ok_and(|()| u16::from_le_bytes(e_type) == 2);
                 let object = Arc::new(ObjectFile {
                     path: path.to_path_buf(),
                     file,
+                    fixed_address,
                 });
                 self.files.insert(key, Arc::clone(&object));
                 Backing::File(object)

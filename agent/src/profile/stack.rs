@@ -125,6 +125,41 @@ impl Folded {
     }
 }
 
+impl Folded {
+    /// The heaviest stacks, summarized for a terminal: the process, the innermost user
+    /// frames (leaf first) and the leaf marker (a state or a lock), heaviest first.
+    pub fn top_waits(&self, limit: usize) -> Vec<(String, u64)> {
+        let mut merged: BTreeMap<String, u64> = BTreeMap::new();
+        for (frames, n) in self.iter() {
+            let frames: Vec<&str> = frames.collect();
+            let Some((process, rest)) = frames.split_first() else {
+                continue;
+            };
+            let marker = rest.last().filter(|f| f.starts_with('[')).copied();
+            let user: Vec<&str> = rest
+                .iter()
+                .filter(|f| !f.ends_with(KERNEL_SUFFIX) && Some(**f) != marker)
+                .copied()
+                .collect();
+            let inner: Vec<&str> = user.iter().rev().take(2).copied().collect();
+            let label = format!(
+                "{process}: {}{}",
+                if inner.is_empty() {
+                    "[no user stack]".to_owned()
+                } else {
+                    inner.join(" <- ")
+                },
+                marker.map(|m| format!(" {m}")).unwrap_or_default()
+            );
+            *merged.entry(label).or_default() += n;
+        }
+        let mut top: Vec<(String, u64)> = merged.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(limit);
+        top
+    }
+}
+
 pub fn ratio(part: u64, total: u64) -> f64 {
     if total == 0 {
         0.0
@@ -174,6 +209,27 @@ mod tests {
         assert_eq!(Folded::read_from(&buf[..]).unwrap(), f);
         let err = Folded::read_from("a;b x\n".as_bytes()).unwrap_err();
         assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn top_waits_name_the_innermost_user_frames_and_the_marker() {
+        let mut f = Folded::default();
+        f.add(
+            &frames("app;main;read_loop;read;ksys_read_[k];schedule_[k];[sleeping]"),
+            5,
+        );
+        f.add(
+            &frames("app;main;read_loop;read;ksys_read_[k];[sleeping]"),
+            2,
+        );
+        f.add(&frames("kworker;worker_thread_[k];[sleeping]"), 1);
+        assert_eq!(
+            f.top_waits(5),
+            vec![
+                ("app: read <- read_loop [sleeping]".to_owned(), 7),
+                ("kworker: [no user stack] [sleeping]".to_owned(), 1)
+            ]
+        );
     }
 
     #[test]

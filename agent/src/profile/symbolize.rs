@@ -159,6 +159,47 @@ impl Symbolizer {
             .collect()
     }
 
+    /// Names the variable at a data address of a process (a global `pthread_mutex_t`, say),
+    /// from the symbols of the object it lies in. `None` for heap and stack addresses.
+    pub fn data(&mut self, process: &ProcessInfo, addr: u64) -> Option<String> {
+        let (object, vaddr) = process.data_address(addr)?;
+        let source = Source::Elf(Elf::new(object.fd_path()));
+        let results = self
+            .inner
+            .symbolize(&source, Input::VirtOffset(&[vaddr]))
+            .ok()?;
+        match results.first()? {
+            Symbolized::Sym(sym) => Some(sym.name.to_string()),
+            Symbolized::Unknown(_) => None,
+        }
+    }
+
+    /// Names a kernel data address (a static lock such as `cgroup_mutex`) from kallsyms.
+    pub fn kernel_data(&mut self, addr: u64) -> Option<String> {
+        let source = Source::Kernel(Kernel {
+            kallsyms: MaybeDefault::Default,
+            vmlinux: MaybeDefault::None,
+            debug_syms: false,
+            ..Default::default()
+        });
+        match self
+            .inner
+            .symbolize(&source, Input::AbsAddr(&[addr]))
+            .ok()?
+            .first()?
+        {
+            // kallsyms has no sizes: only an address in the kernel image (static data)
+            // is named; a heap lock (in an mm_struct, say) would otherwise take the name
+            // of whatever symbol precedes it.
+            Symbolized::Sym(sym)
+                if in_kernel_image(addr) || sym.size.is_some_and(|s| sym.offset < s) =>
+            {
+                Some(sym.name.to_string())
+            }
+            _ => None,
+        }
+    }
+
     fn counted(&mut self, names: FrameNames) -> FrameNames {
         self.stats.addresses += 1;
         if names.len() == 1 && names[0].starts_with('[') {
@@ -166,6 +207,12 @@ impl Symbolizer {
         }
         names
     }
+}
+
+/// x86-64 maps the kernel image at -2 GiB (Documentation/arch/x86/x86_64/mm.rst); heap
+/// and per-CPU data live below.
+fn in_kernel_image(addr: u64) -> bool {
+    cfg!(target_arch = "x86_64") && addr >= 0xffff_ffff_8000_0000
 }
 
 fn names_of(result: Option<&Symbolized<'_>>) -> Option<FrameNames> {
@@ -215,6 +262,28 @@ mod tests {
                 .iter()
                 .any(|n| n.contains("a_function_with_a_distinct_name")),
             "{names:?}"
+        );
+    }
+
+    static A_GLOBAL_WITH_A_DISTINCT_NAME: std::sync::Mutex<u64> = std::sync::Mutex::new(7);
+
+    #[test]
+    fn names_a_global_variable_from_its_address() {
+        let mut table = ProcessTable::default();
+        let me = std::process::id();
+        table.observe(me, None);
+        let addr = &raw const A_GLOBAL_WITH_A_DISTINCT_NAME as u64;
+        let name = Symbolizer::new().data(table.get(me).unwrap(), addr);
+        assert!(
+            name.as_deref()
+                .is_some_and(|n| n.contains("A_GLOBAL_WITH_A_DISTINCT_NAME")),
+            "{name:?}"
+        );
+        let heap = Box::new(5u64);
+        let heap_addr = &raw const *heap as u64;
+        assert_eq!(
+            Symbolizer::new().data(table.get(me).unwrap(), heap_addr),
+            None
         );
     }
 

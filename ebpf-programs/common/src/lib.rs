@@ -73,10 +73,26 @@ pub enum Counter {
     CountMapFull,
     /// A new-process notification was lost because the ring buffer was full.
     NewProcessLost,
+    /// Off-CPU: a selected thread left the CPU (its stacks were recorded).
+    OffCpuSwitchOut,
+    /// Off-CPU: a recorded thread came back and its wait was added.
+    OffCpuRecorded,
+    /// Off-CPU: a wait shorter than `--min-block`, or in a state not selected.
+    OffCpuSkipped,
+    /// Off-CPU: lost because the wait map or the start map was full.
+    OffCpuMapFull,
+    /// Locks: a kernel lock contention (`contention_begin`) of a selected task.
+    LockContended,
+    /// Locks: a futex wait of a selected task.
+    FutexWait,
+    /// Locks: a wait was added to the lock map.
+    LockRecorded,
+    /// Locks: lost because the lock map or a start map was full.
+    LockMapFull,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Samples,
         Counter::Idle,
         Counter::FilteredOut,
@@ -89,8 +105,87 @@ impl Counter {
         Counter::KernelStackOther,
         Counter::CountMapFull,
         Counter::NewProcessLost,
+        Counter::OffCpuSwitchOut,
+        Counter::OffCpuRecorded,
+        Counter::OffCpuSkipped,
+        Counter::OffCpuMapFull,
+        Counter::LockContended,
+        Counter::FutexWait,
+        Counter::LockRecorded,
+        Counter::LockMapFull,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
+}
+
+/// Key of the off-CPU map: where a thread waited (its stacks when it left the CPU) and in
+/// which state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OffCpuKey {
+    pub tgid: u32,
+    pub user_stack_id: i32,
+    pub kernel_stack_id: i32,
+    /// One of [`offcpu_state`].
+    pub state: u32,
+}
+
+/// A wait in progress: the thread left the CPU at `ts` (`bpf_ktime_get_ns`, i.e.
+/// CLOCK_MONOTONIC) with these stacks. User space adds the ones still open when the
+/// profile ends, so a thread blocked at the end is not missed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OffCpuStart {
+    pub ts: u64,
+    pub key: OffCpuKey,
+}
+
+/// Task states an off-CPU wait is classified into (from `prev_state` and `preempt` of
+/// `sched_switch`; include/linux/sched.h).
+pub mod offcpu_state {
+    /// Preempted or yielded while runnable: waiting for a CPU.
+    pub const RUNNABLE: u32 = 0;
+    /// TASK_INTERRUPTIBLE: a voluntary sleep (I/O wait, poll, sleep, futex...).
+    pub const SLEEPING: u32 = 1;
+    /// TASK_UNINTERRUPTIBLE ("D"): typically disk I/O or a kernel lock.
+    pub const UNINTERRUPTIBLE: u32 = 2;
+    /// Stopped, traced, parked, idle kernel threads.
+    pub const OTHER: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Total, count and maximum of waits, per CPU (user space sums totals and counts and takes
+/// the largest maximum).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaitStats {
+    pub total_ns: u64,
+    pub count: u64,
+    pub max_ns: u64,
+}
+
+/// Key of the lock map: who waited (stacks), on which lock, of which kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LockKey {
+    /// Kernel address of the lock, or the user address of the futex word.
+    pub lock_addr: u64,
+    pub tgid: u32,
+    pub user_stack_id: i32,
+    pub kernel_stack_id: i32,
+    /// `contention_begin` flags ([`lock_flags`]) for a kernel lock, or [`lock_flags::FUTEX`].
+    pub flags: u32,
+}
+
+/// Lock kinds: `LCB_F_*` of include/trace/events/lock.h (v6.18), plus our futex marker.
+pub mod lock_flags {
+    pub const SPIN: u32 = 1 << 0;
+    pub const READ: u32 = 1 << 1;
+    pub const WRITE: u32 = 1 << 2;
+    pub const RT: u32 = 1 << 3;
+    pub const PERCPU: u32 = 1 << 4;
+    pub const MUTEX: u32 = 1 << 5;
+    /// Not a kernel flag: a user-space futex wait.
+    pub const FUTEX: u32 = 1 << 31;
 }
 
 /// Errno values the programs store in a stack id (negated).
@@ -108,4 +203,14 @@ mod pod {
     // SAFETY: `#[repr(C)]`, u32s then a byte array ending on a 4-byte boundary: no padding,
     // every bit pattern valid.
     unsafe impl aya::Pod for super::NewProcess {}
+    // SAFETY: `#[repr(C)]`, four u32-sized fields: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::OffCpuKey {}
+    // SAFETY: `#[repr(C)]`, a u64 then a 16-byte struct of u32s: no padding, every bit
+    // pattern valid.
+    unsafe impl aya::Pod for super::OffCpuStart {}
+    // SAFETY: `#[repr(C)]`, three u64s: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::WaitStats {}
+    // SAFETY: `#[repr(C)]`, a u64 then four 4-byte fields (24 bytes, 8-aligned): no
+    // padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::LockKey {}
 }

@@ -1,0 +1,161 @@
+//! Maps and helpers every probe family uses: the in-kernel filters, the stack-trace map,
+//! the counters, and the new-process notifications (with the exec hook that renews them).
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_cgroup_id,
+    macros::{map, raw_tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    programs::{RawTracePointContext, tracing::StackIdContext},
+};
+use hindsight_common::{Counter, NewProcess, WaitStats, errno, filter};
+
+/// Which filters are on (`hindsight_common::filter` bits); set by the loader.
+#[unsafe(no_mangle)]
+static FILTER_FLAGS: Global<u32> = Global::new(0);
+
+/// The agent's own process: never profiled (its waits are not the host's).
+#[unsafe(no_mangle)]
+static AGENT_TGID: Global<u32> = Global::new(0);
+
+/// Stack traces of every family, user and kernel. Its size is set by the loader.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// Processes selected by `--pid` (value unused).
+#[map]
+static TARGET_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// cgroup v2 ids selected by `--cgroup`/`--unit`, with their descendants (value unused).
+#[map]
+static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
+/// What happened to each event, indexed by `hindsight_common::Counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Processes already announced on `NEW_PROCESSES`; `process_exec` forgets a process that
+/// execs, so that its next event announces it again and user space re-reads its maps.
+#[map]
+static SEEN_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// First event of each process, so user space snapshots its maps while it is alive.
+#[map]
+static NEW_PROCESSES: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer is to this CPU's slot of a per-CPU array, and a CPU runs one
+        // of our programs at a time (they cannot nest: tracing programs do not recurse).
+        unsafe { *value += 1 };
+    }
+}
+
+/// Whether the current task is one the user asked for (and not the agent itself).
+#[inline(always)]
+pub fn selected(tgid: u32) -> bool {
+    if tgid == AGENT_TGID.load() {
+        return false;
+    }
+    let flags = FILTER_FLAGS.load();
+    if flags == 0 {
+        return true;
+    }
+    // SAFETY: the values are never read, only the keys' presence.
+    if flags & filter::TGIDS != 0 && unsafe { TARGET_TGIDS.get(&tgid) }.is_some() {
+        return true;
+    }
+    if flags & filter::CGROUPS != 0 {
+        // SAFETY: helper with no arguments, allowed in tracing programs.
+        let cgroup = unsafe { bpf_get_current_cgroup_id() };
+        // SAFETY: as above, presence only.
+        if unsafe { TARGET_CGROUPS.get(&cgroup) }.is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+/// User-stack flags for `bpf_get_stackid`.
+pub const USER_STACK: u64 = aya_ebpf::bindings::BPF_F_USER_STACK as u64;
+
+/// The current task's stack id, or the negated errno, counting failures.
+#[inline(always)]
+pub fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
+    let user = flags & USER_STACK != 0;
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            count(match (err, user) {
+                (e, true) if e == -errno::EFAULT => Counter::UserStackFault,
+                (e, true) if e == -errno::EEXIST => Counter::UserStackCollision,
+                (_, true) => Counter::UserStackOther,
+                (e, false) if e == -errno::EFAULT => Counter::KernelStackFault,
+                (e, false) if e == -errno::EEXIST => Counter::KernelStackCollision,
+                (_, false) => Counter::KernelStackOther,
+            });
+            err
+        }
+    }
+}
+
+/// Tells user space about a process the first time one of its tasks is recorded.
+#[inline(always)]
+pub fn announce<C: EbpfContext>(ctx: &C, tgid: u32) {
+    // SAFETY: presence only.
+    if unsafe { SEEN_TGIDS.get(&tgid) }.is_some() {
+        return;
+    }
+    if SEEN_TGIDS.insert(&tgid, &0, BPF_NOEXIST as u64).is_err() {
+        // Another CPU announced it first.
+        return;
+    }
+    let event = NewProcess {
+        tgid,
+        pid: ctx.pid(),
+        comm: ctx.command().unwrap_or([0; 16]),
+    };
+    if NEW_PROCESSES.output(&event, 0).is_err() {
+        count(Counter::NewProcessLost);
+    }
+}
+
+/// A process called execve: its memory maps are new. Forget that it was announced, so its
+/// next event announces it again. Raw tracepoint: needs neither tracefs nor kprobes.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(ctx: RawTracePointContext) -> i32 {
+    let tgid = ctx.tgid();
+    let _ = SEEN_TGIDS.remove(&tgid);
+    0
+}
+
+/// Adds one wait of `ns` to `map[key]` (this CPU's slot). False when the map is full.
+#[inline(always)]
+pub fn add_wait<K>(map: &PerCpuHashMap<K, WaitStats>, key: &K, ns: u64) -> bool {
+    for _ in 0..2 {
+        if let Some(stats) = map.get_ptr_mut(key) {
+            // SAFETY: this CPU's slot of a per-CPU hash value; one program per CPU at a time.
+            let stats = unsafe { &mut *stats };
+            stats.total_ns += ns;
+            stats.count += 1;
+            if ns > stats.max_ns {
+                stats.max_ns = ns;
+            }
+            return true;
+        }
+        let first = WaitStats {
+            total_ns: ns,
+            count: 1,
+            max_ns: ns,
+        };
+        match map.insert(key, &first, BPF_NOEXIST as u64) {
+            Ok(()) => return true,
+            // Another CPU created the key between our lookup and insert: add to our slot.
+            Err(err) if err == -errno::EEXIST => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
