@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity"])]
+    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu"])]
     only: Vec<Part>,
     /// Where the report, profiles and fixtures go.
     #[arg(long, default_value = "target/bench")]
@@ -50,6 +50,8 @@ enum Part {
     Overhead,
     Latency,
     Fidelity,
+    /// Off-CPU and locks on a context-switch-heavy workload, beside bpftrace.
+    Offcpu,
 }
 
 pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
@@ -70,6 +72,9 @@ pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
     }
     if args.only.contains(&Part::Fidelity) {
         report += &fidelity(ws, &bin, &out)?;
+    }
+    if args.only.contains(&Part::Offcpu) {
+        report += &offcpu(ws, &bin, &out, args, cpus)?;
     }
     println!("\n{report}");
     fs::write(out.join("report.md"), &report)?;
@@ -118,7 +123,7 @@ impl Agent {
                 bail!("hindsight exited before sampling: {status}");
             };
             let line = line?;
-            if line.contains("sampling ") {
+            if line.contains("recording ") {
                 break;
             }
         }
@@ -204,7 +209,11 @@ impl BpfStats {
         let mut totals = (0, 0);
         for prog in progs.as_array().into_iter().flatten() {
             let name = prog["name"].as_str().unwrap_or_default();
-            if name.starts_with("oncpu_") {
+            // bpftool shows names cut to 15 characters.
+            if ["oncpu_", "offcpu_", "lock_conten", "futex_", "process_exec"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
                 totals.0 += prog["run_time_ns"].as_u64().unwrap_or(0);
                 totals.1 += prog["run_cnt"].as_u64().unwrap_or(0);
             }
@@ -520,4 +529,211 @@ fn summary(values: &[f64]) -> (f64, f64, f64) {
         v[mid]
     };
     (median, v[0], v[v.len() - 1])
+}
+
+/// bpftrace doing what `--mode offcpu` does: stacks at every switch-out, time summed per
+/// stack at switch-in. The maps are cleared at exit so that printing them costs nothing.
+const BPFTRACE_OFFCPU: &str = r#"
+tracepoint:sched:sched_switch
+{
+  if (args->prev_pid != 0) {
+    @start[args->prev_pid] = nsecs;
+    @kst[args->prev_pid] = kstack;
+    @ust[args->prev_pid] = ustack;
+  }
+  $s = @start[args->next_pid];
+  if ($s != 0) {
+    @off[@kst[args->next_pid], @ust[args->next_pid]] = sum(nsecs - $s);
+    delete(@start[args->next_pid]);
+  }
+}
+END { clear(@start); clear(@kst); clear(@ust); clear(@off); }
+"#;
+
+/// Round trips and computation per message giving ~100k context switches/s here.
+const PINGPONG: [&str; 2] = ["60000", "3500"];
+
+fn time_pingpong(bin: &Path) -> Result<Duration> {
+    let start = Instant::now();
+    let out = Command::new(bin).args(PINGPONG).output()?;
+    ensure!(out.status.success(), "pingpong failed");
+    Ok(start.elapsed())
+}
+
+fn context_switches() -> Result<u64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
+        .context("no ctxt in /proc/stat")
+}
+
+fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize) -> Result<String> {
+    let pingpong = build_fixture(ws, out, "pingpong", &[])?;
+    let dir = out.join("offcpu");
+    fs::create_dir_all(&dir)?;
+    // bpftrace needs tracefs for tracepoint:; hindsight mounts it itself when missing.
+    let tracefs_was_mounted = Path::new("/sys/kernel/tracing/events").exists();
+    if !tracefs_was_mounted {
+        run_checked(Command::new("mount").args([
+            "-t",
+            "tracefs",
+            "tracefs",
+            "/sys/kernel/tracing",
+        ]))?;
+    }
+    let result = (|| -> Result<String> {
+        let stats = BpfStats::enable()?;
+        let (mut base, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut direct, mut per_event, mut rates, mut rss) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut lost = 0u64;
+        time_pingpong(&pingpong)?; // warm-up
+        let ctxt0 = context_switches()?;
+        let t0 = Instant::now();
+        time_pingpong(&pingpong)?;
+        let switch_rate = (context_switches()? - ctxt0) as f64 / t0.elapsed().as_secs_f64();
+        for pair in 0..args.pairs {
+            // Rotate the order of the three runs so none always goes first.
+            for slot in 0..3 {
+                match (pair + slot) % 3 {
+                    0 => base.push(time_pingpong(&pingpong)?.as_secs_f64()),
+                    1 => {
+                        let agent = Agent::start(
+                            bin,
+                            &["--all", "--mode", "offcpu,locks", "--duration", "3600"],
+                            &dir,
+                        )?;
+                        let (cpu0, (ns0, cnt0)) = (cpu_time(agent.pid())?, BpfStats::read()?);
+                        let wall = time_pingpong(&pingpong)?;
+                        let (cpu1, (ns1, cnt1)) = (cpu_time(agent.pid())?, BpfStats::read()?);
+                        let (stdout, max_rss) = agent.finish()?;
+                        ours.push(wall.as_secs_f64());
+                        let used = (cpu1 - cpu0).as_secs_f64() + (ns1 - ns0) as f64 / 1e9;
+                        direct.push(used / (wall.as_secs_f64() * cpus as f64));
+                        per_event.push((ns1 - ns0) as f64 / (cnt1 - cnt0).max(1) as f64);
+                        rss.push(max_rss as f64 / 1024.0);
+                        let recorded: f64 = stdout
+                            .lines()
+                            .find_map(|l| {
+                                l.split("kernel: ")
+                                    .nth(1)?
+                                    .split(" switch-outs")
+                                    .next()?
+                                    .parse()
+                                    .ok()
+                            })
+                            .unwrap_or(0.0);
+                        let seconds: f64 = stdout
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("recorded ")?
+                                    .split(" for ")
+                                    .nth(1)?
+                                    .split(" s")
+                                    .next()?
+                                    .parse()
+                                    .ok()
+                            })
+                            .unwrap_or(1.0);
+                        rates.push(recorded / seconds);
+                        lost += stdout
+                            .lines()
+                            .filter_map(|l| {
+                                l.split(", ")
+                                    .last()?
+                                    .split(" lost to full maps")
+                                    .next()?
+                                    .parse::<u64>()
+                                    .ok()
+                            })
+                            .sum::<u64>();
+                    }
+                    _ => {
+                        let mut bt = Command::new("bpftrace")
+                            .args(["-e", BPFTRACE_OFFCPU])
+                            .stdout(Stdio::piped())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .context("starting bpftrace (apt package bpftrace)")?;
+                        let stdout = bt.stdout.take().context("no stdout")?;
+                        let mut lines = BufReader::new(stdout).lines();
+                        loop {
+                            let Some(line) = lines.next() else {
+                                bail!("bpftrace exited before attaching");
+                            };
+                            if line?.contains("Attaching") {
+                                break;
+                            }
+                        }
+                        // Attached once it printed that and the probes are in place.
+                        std::thread::sleep(Duration::from_millis(500));
+                        theirs.push(time_pingpong(&pingpong)?.as_secs_f64());
+                        // SAFETY: kill(2) on our own child; no memory is involved.
+                        unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
+                        std::thread::spawn(move || for _ in lines {});
+                        bt.wait()?;
+                    }
+                }
+            }
+            println!(
+                "xtask: bench: offcpu pair {pair}: without {:.3} s, hindsight {:.3} s, bpftrace {:.3} s",
+                base[pair], ours[pair], theirs[pair]
+            );
+        }
+        drop(stats);
+        let ratio =
+            |with: &[f64]| -> Vec<f64> { with.iter().zip(&base).map(|(w, b)| w / b).collect() };
+        let mut text = format!(
+            "## Off-CPU and locks: pipe ping-pong (~{:.0}k context switches/s), `--all --mode offcpu,locks`\n\n",
+            switch_rate / 1e3
+        );
+        writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
+        for (name, r) in [
+            ("hindsight", ratio(&ours)),
+            ("bpftrace (equivalent sched_switch script)", ratio(&theirs)),
+        ] {
+            let (m, lo, hi) = summary(&r);
+            writeln!(
+                text,
+                "| slowdown with {name} | {:+.1}% | {:+.1}% .. {:+.1}% | {} |",
+                (m - 1.0) * 100.0,
+                (lo - 1.0) * 100.0,
+                (hi - 1.0) * 100.0,
+                r.len()
+            )?;
+        }
+        let (m, lo, hi) = summary(&direct);
+        writeln!(
+            text,
+            "| hindsight direct: (agent CPU + BPF run time) / CPU available | {:.2}% | {:.2}% .. {:.2}% | {} |",
+            m * 100.0,
+            lo * 100.0,
+            hi * 100.0,
+            direct.len()
+        )?;
+        let (m, lo, hi) = summary(&per_event);
+        writeln!(
+            text,
+            "| BPF cost per program run | {m:.0} ns | {lo:.0} .. {hi:.0} ns | {} |",
+            per_event.len()
+        )?;
+        let (m, lo, hi) = summary(&rates);
+        writeln!(
+            text,
+            "| switch-outs recorded per second | {m:.0} | {lo:.0} .. {hi:.0} | {} |",
+            rates.len()
+        )?;
+        writeln!(text, "| events lost to full maps (all runs) | {lost} | | |")?;
+        let (m, lo, hi) = summary(&rss);
+        writeln!(
+            text,
+            "| agent peak RSS | {m:.1} MiB | {lo:.1} .. {hi:.1} MiB | {} |\n",
+            rss.len()
+        )?;
+        Ok(text)
+    })();
+    if !tracefs_was_mounted {
+        let _ = Command::new("umount").arg("/sys/kernel/tracing").status();
+    }
+    result
 }

@@ -33,6 +33,10 @@ const BENCH_APT_PACKAGES: &[(&str, &str)] = &[
         "bpftool",
         "the benchmark reads our BPF programs' run time (run_time_ns, run_cnt)",
     ),
+    (
+        "bpftrace",
+        "the off-CPU benchmark compares Hindsight with an equivalent bpftrace script",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
