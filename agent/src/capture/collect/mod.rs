@@ -168,18 +168,52 @@ impl Exclusions {
 }
 
 /// Expands one glob; errors (unreadable directories) become skips.
+///
+/// Walks from the pattern's literal leading directory without following directory
+/// symlinks (walkdir), so a symlink loop under a `**` glob cannot make the expansion
+/// explode; file symlinks are matched like files (the collector decides what to do with
+/// their targets). The `glob` crate's own walker follows directory symlinks.
 pub fn expand_glob(pattern: &str, sink: &mut dyn Sink) -> Vec<PathBuf> {
+    /// Deeper than any config or log tree; a bound in case of a pathological tree.
+    const MAX_DEPTH: usize = 32;
     let mut out = Vec::new();
-    match glob::glob(pattern) {
-        Err(err) => sink.skip(pattern, &format!("bad glob: {err}")),
-        Ok(paths) => {
-            for entry in paths {
-                match entry {
-                    Ok(p) => out.push(p),
-                    Err(err) => sink.skip(
-                        &err.path().display().to_string(),
-                        &format!("{}", err.error()),
-                    ),
+    if pattern.contains(['*', '?', '[']) {
+        match glob::Pattern::new(pattern) {
+            Err(err) => sink.skip(pattern, &format!("bad glob: {err}")),
+            Ok(matcher) => {
+                let opts = glob::MatchOptions {
+                    case_sensitive: true,
+                    require_literal_separator: true,
+                    require_literal_leading_dot: false,
+                };
+                // The longest leading run of components without glob characters.
+                let base: PathBuf = Path::new(pattern)
+                    .components()
+                    .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+                    .collect();
+                let walker = walkdir::WalkDir::new(&base)
+                    .follow_links(false)
+                    .max_depth(MAX_DEPTH)
+                    .sort_by_file_name();
+                for entry in walker {
+                    match entry {
+                        Ok(e) if !e.file_type().is_dir() => {
+                            if matcher.matches_path_with(e.path(), opts) {
+                                out.push(e.into_path());
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            // A missing base is reported below as "matched nothing".
+                            if err.depth() > 0 {
+                                let path = err.path().map(|p| p.display().to_string());
+                                sink.skip(
+                                    &path.unwrap_or_else(|| pattern.to_owned()),
+                                    &format!("{err}"),
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -214,4 +248,63 @@ pub fn member_for(prefix: &str, source: &Path) -> String {
         "{prefix}/{}",
         source.display().to_string().trim_start_matches('/')
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records skips; any member added is a test failure.
+    #[derive(Default)]
+    struct Skips(Vec<(String, String)>);
+
+    impl Sink for Skips {
+        fn add_bytes(&mut self, path: &str, _: &[u8], _: MemberMeta) -> Result<(), ArchiveError> {
+            panic!("unexpected member {path}")
+        }
+        fn add_reader(
+            &mut self,
+            path: &str,
+            _: &mut dyn Read,
+            _: u64,
+            _: MemberMeta,
+        ) -> Result<(), ArchiveError> {
+            panic!("unexpected member {path}")
+        }
+        fn add_file(&mut self, path: &str, _: &Path, _: &FileOpts) -> Result<bool, ArchiveError> {
+            panic!("unexpected member {path}")
+        }
+        fn skip(&mut self, source: &str, reason: &str) {
+            self.0.push((source.to_owned(), reason.to_owned()));
+        }
+        fn budget_left(&self) -> u64 {
+            u64::MAX
+        }
+    }
+
+    #[test]
+    fn double_star_globs_do_not_follow_directory_symlink_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::create_dir_all(a.join("deeper")).unwrap();
+        std::os::unix::fs::symlink("..", a.join("up")).unwrap();
+        std::os::unix::fs::symlink("../a", a.join("side")).unwrap();
+        std::fs::write(a.join("x.conf"), "x=1").unwrap();
+        std::fs::write(a.join("deeper/y.conf"), "y=1").unwrap();
+        std::fs::write(a.join("deeper/not-me.txt"), "").unwrap();
+        let pattern = format!("{}/**/*.conf", dir.path().display());
+        let mut skips = Skips::default();
+        let found = expand_glob(&pattern, &mut skips);
+        assert_eq!(
+            found,
+            vec![a.join("deeper/y.conf"), a.join("x.conf")],
+            "{:?}",
+            skips.0
+        );
+        assert!(skips.0.is_empty(), "{:?}", skips.0);
+
+        let nothing = format!("{}/*.none", dir.path().display());
+        assert!(expand_glob(&nothing, &mut skips).is_empty());
+        assert_eq!(skips.0, vec![(nothing, "glob matched nothing".to_owned())]);
+    }
 }
