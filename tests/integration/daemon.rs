@@ -504,7 +504,7 @@ fn concurrent_triggers_queue_then_429_and_all_accepted_verify() {
     assert!(!refused.is_empty(), "{results:?}");
     for body in &refused {
         assert!(body.to_lowercase().contains("retry-after:"), "{body}");
-        assert!(body.contains("queue is full"), "{body}");
+        assert!(body.contains("capture queue is full"), "{body}");
     }
     for id in &accepted {
         let job = wait_job(&socket, &format!("/v1/captures/{id}"));

@@ -32,6 +32,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Capture => "capture",
+            Kind::Profile => "profile",
+        }
+    }
+
     fn lane(self) -> usize {
         match self {
             Kind::Capture => 0,
@@ -239,7 +246,7 @@ impl Work {
 /// Why a job was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error("the {kind:?} queue is full ({queued} waiting); retry later")]
+    #[error("the {} queue is full (1 running, {queued} waiting); retry later", kind.name())]
     QueueFull { kind: Kind, queued: usize },
     #[error("the daemon is shutting down")]
     ShuttingDown,
@@ -251,6 +258,9 @@ pub struct Jobs {
     records: Mutex<VecDeque<JobRecord>>,
     lanes: Mutex<Option<[SyncSender<Work>; 2]>>,
     queued: [AtomicUsize; 2],
+    /// Admitted and not finished (queued or running), per lane: at most queue_size + 1.
+    pending: [AtomicUsize; 2],
+    queue_size: AtomicUsize,
     pub running: AtomicUsize,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -306,18 +316,35 @@ impl Jobs {
         let result = match lanes.as_ref() {
             None => Err(SubmitError::ShuttingDown),
             Some(lanes) => {
-                // Counted before sending, so the worker's decrement never underflows.
-                self.queued[lane].fetch_add(1, Ordering::Relaxed);
-                lanes[lane].try_send(work).map_err(|err| {
-                    self.queued[lane].fetch_sub(1, Ordering::Relaxed);
-                    match err {
-                        TrySendError::Full(_) => SubmitError::QueueFull {
-                            kind,
-                            queued: self.queued[lane].load(Ordering::Relaxed),
-                        },
-                        TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
-                    }
-                })
+                // Admission is counted here, not left to the channel's capacity: a job
+                // the worker has not yet taken off the channel must not make the queue
+                // look full when nothing is running.
+                let limit = self.queue_size.load(Ordering::Relaxed) + 1;
+                let admitted = self.pending[lane]
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < limit).then_some(n + 1)
+                    })
+                    .is_ok();
+                if !admitted {
+                    Err(SubmitError::QueueFull {
+                        kind,
+                        queued: self.queued[lane].load(Ordering::Relaxed),
+                    })
+                } else {
+                    // Counted before sending, so the worker's decrement never underflows.
+                    self.queued[lane].fetch_add(1, Ordering::Relaxed);
+                    lanes[lane].try_send(work).map_err(|err| {
+                        self.queued[lane].fetch_sub(1, Ordering::Relaxed);
+                        self.pending[lane].fetch_sub(1, Ordering::Relaxed);
+                        match err {
+                            TrySendError::Full(_) => SubmitError::QueueFull {
+                                kind,
+                                queued: self.queued[lane].load(Ordering::Relaxed),
+                            },
+                            TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
+                        }
+                    })
+                }
             }
         };
         if result.is_err() {
@@ -329,6 +356,7 @@ impl Jobs {
 
     /// Starts one worker thread per lane.
     pub fn start(shared: &Arc<Shared>, queue_size: usize) -> std::io::Result<()> {
+        shared.jobs.queue_size.store(queue_size, Ordering::Relaxed);
         let mut senders = Vec::new();
         let mut workers = shared
             .jobs
@@ -336,7 +364,7 @@ impl Jobs {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         for name in ["capture", "profile"] {
-            let (tx, rx) = sync_channel(queue_size);
+            let (tx, rx) = sync_channel(queue_size + 1);
             senders.push(tx);
             let shared = Arc::clone(shared);
             workers.push(
@@ -378,6 +406,7 @@ fn worker(shared: Arc<Shared>, rx: Receiver<Work>) {
                 r.error = Some("the daemon shut down before this job started".into());
                 r.finished = Some(now_rfc3339());
             });
+            shared.jobs.pending[kind.lane()].fetch_sub(1, Ordering::Relaxed);
             continue;
         }
         shared.jobs.running.fetch_add(1, Ordering::Relaxed);
@@ -413,6 +442,7 @@ fn worker(shared: Arc<Shared>, rx: Receiver<Work>) {
             }
         }
         shared.jobs.running.fetch_sub(1, Ordering::Relaxed);
+        shared.jobs.pending[kind.lane()].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
