@@ -38,6 +38,116 @@ pub enum ConfigError {
 pub struct Config {
     /// `[capture]`: evidence capture.
     pub capture: CaptureConfig,
+    /// `[api]`: the daemon's local socket, mutual-TLS listener, roles and request limits.
+    pub api: ApiConfig,
+    /// `[daemon]`: the daemon's job queue, worker priority and profile storage.
+    pub daemon: DaemonConfig,
+}
+
+/// A role granted to a caller of the daemon's API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Start captures and profiles.
+    Trigger,
+    /// List and get captures and profiles, download archives, signatures and profiles,
+    /// read /metrics.
+    Read,
+    /// Everything, plus `POST /v1/reload`.
+    Admin,
+}
+
+/// `[api]`: how the daemon (`hindsight agent`) is reached and who may do what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The local control socket (HTTP over a unix socket). Default:
+    /// /run/hindsight/hindsight.sock.
+    pub socket: PathBuf,
+    /// Group owning the socket (mode 0660): its members may connect. Default: none (the
+    /// daemon's own group).
+    pub socket_group: Option<String>,
+    /// Roles of local callers that are neither root nor the daemon's own user (both of
+    /// which are always `admin`), i.e. members of `socket_group`. Default: trigger, read.
+    pub socket_roles: Vec<Role>,
+    /// Address of the HTTPS (mutual TLS) listener, e.g. "0.0.0.0:7443". Default: none, no
+    /// network listener. There is no plaintext network listener.
+    pub listen: Option<String>,
+    /// CA bundle (PEM) that client certificates must chain to. Required with `listen`.
+    /// Default: /etc/hindsight/clients-ca.pem.
+    pub ca: PathBuf,
+    /// Server certificate chain (PEM). Default: /etc/hindsight/server.pem.
+    pub cert: PathBuf,
+    /// Server private key (PEM). Default: /etc/hindsight/server.key.
+    pub key: PathBuf,
+    /// Client certificate identity (subject CN or a SAN) -> roles. A verified certificate
+    /// whose names are all absent here gets 403. Default: empty.
+    pub roles: std::collections::BTreeMap<String, Vec<Role>>,
+    /// Append-only audit log (JSON lines). Default: /var/log/hindsight/audit.jsonl.
+    pub audit_log: PathBuf,
+    /// Largest request body accepted (larger: 413). Default: 65536.
+    pub max_body_bytes: u64,
+    /// Seconds a client has to send a request's headers, and its body, and to finish a
+    /// TLS handshake. Default: 10.
+    pub request_timeout_secs: u64,
+    /// Per-identity rate limit on POST requests: bucket size. Default: 10.
+    pub rate_burst: u32,
+    /// Per-identity rate limit on POST requests: tokens added per minute. Default: 6.
+    pub rate_per_minute: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(paths::DEFAULT_SOCKET),
+            socket_group: None,
+            socket_roles: vec![Role::Trigger, Role::Read],
+            listen: None,
+            ca: PathBuf::from(paths::DEFAULT_CLIENTS_CA),
+            cert: PathBuf::from(paths::DEFAULT_SERVER_CERT),
+            key: PathBuf::from(paths::DEFAULT_SERVER_KEY),
+            roles: Default::default(),
+            audit_log: PathBuf::from(paths::DEFAULT_AUDIT_LOG),
+            max_body_bytes: 64 * 1024,
+            request_timeout_secs: 10,
+            rate_burst: 10,
+            rate_per_minute: 6,
+        }
+    }
+}
+
+/// `[daemon]`: how `hindsight agent` runs jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Jobs waiting behind the running one, per kind (captures; profiles); more: 429.
+    /// Default: 4.
+    pub queue_size: usize,
+    /// Niceness added to the worker threads that run captures and profiles (their I/O
+    /// runs in the best-effort class at the lowest priority, 7). Default: 10.
+    pub worker_nice: i32,
+    /// Where profiles started through the API are written, one directory each. Default:
+    /// /var/lib/hindsight/profiles.
+    pub profile_dir: PathBuf,
+    /// Retention: profile directories kept (the oldest are removed). Default: 20.
+    pub keep_profiles: usize,
+    /// Longest profile the API accepts, in seconds. Default: 300.
+    pub max_profile_seconds: f64,
+    /// Jobs (captures and profiles) remembered for status queries. Default: 200.
+    pub keep_jobs: usize,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            queue_size: 4,
+            worker_nice: 10,
+            profile_dir: PathBuf::from(paths::DEFAULT_PROFILE_DIR),
+            keep_profiles: 20,
+            max_profile_seconds: 300.0,
+            keep_jobs: 200,
+        }
+    }
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -174,6 +284,66 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        self.validate_capture(path)?;
+        self.validate_daemon(path)
+    }
+
+    fn validate_daemon(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Value {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let a = &self.api;
+        if let Some(listen) = &a.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(bad(
+                "api.listen",
+                format!("{listen:?} is not an address:port such as \"0.0.0.0:7443\""),
+            ));
+        }
+        if a.socket.as_os_str().is_empty() {
+            return Err(bad("api.socket", "must not be empty".into()));
+        }
+        if a.max_body_bytes == 0 {
+            return Err(bad("api.max_body_bytes", "must be greater than 0".into()));
+        }
+        if a.request_timeout_secs == 0 {
+            return Err(bad(
+                "api.request_timeout_secs",
+                "must be greater than 0".into(),
+            ));
+        }
+        if a.rate_burst == 0 {
+            return Err(bad("api.rate_burst", "must be greater than 0".into()));
+        }
+        if let Some((name, _)) = a.roles.iter().find(|(_, roles)| roles.is_empty()) {
+            return Err(bad(
+                &format!("api.roles.{name}"),
+                "lists no role (trigger, read, admin); remove the entry instead".into(),
+            ));
+        }
+        let d = &self.daemon;
+        if !(d.max_profile_seconds.is_finite() && d.max_profile_seconds > 0.0) {
+            return Err(bad(
+                "daemon.max_profile_seconds",
+                "must be a positive number".into(),
+            ));
+        }
+        if !(-20..=19).contains(&d.worker_nice) {
+            return Err(bad(
+                "daemon.worker_nice",
+                format!("{} is not in -20..=19", d.worker_nice),
+            ));
+        }
+        if d.keep_jobs == 0 {
+            return Err(bad("daemon.keep_jobs", "must be greater than 0".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_capture(&self, path: &Path) -> Result<(), ConfigError> {
         let c = &self.capture;
         let bad = |key: &str, message: String| ConfigError::Value {
             path: path.to_owned(),
@@ -305,6 +475,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("capture.redact.patterns[0]"), "{err}");
+    }
+
+    #[test]
+    fn api_example_parses() {
+        let c = parse(
+            r#"
+            [api]
+            socket = "/run/hindsight/hindsight.sock"
+            listen = "0.0.0.0:7443"
+            ca     = "/etc/hindsight/clients-ca.pem"
+            cert   = "/etc/hindsight/server.pem"
+            key    = "/etc/hindsight/server.key"
+            [api.roles]
+            "alice" = ["trigger", "read"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.api.listen.as_deref(), Some("0.0.0.0:7443"));
+        assert_eq!(c.api.roles["alice"], [Role::Trigger, Role::Read]);
+        assert_eq!(c.daemon, DaemonConfig::default());
+    }
+
+    #[test]
+    fn bad_api_values_are_named() {
+        let err = parse("[api]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.listen"), "{err}");
+        let err = parse("[api.roles]\nbob = [\"root\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("root"), "{err}");
+        let err = parse("[api.roles]\nbob = []\n").unwrap_err().to_string();
+        assert!(err.contains("api.roles.bob"), "{err}");
+        let err = parse("[daemon]\nqueue = 3\n").unwrap_err().to_string();
+        assert!(err.contains("queue"), "{err}");
+        let err = parse("[daemon]\nmax_profile_seconds = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("daemon.max_profile_seconds"), "{err}");
     }
 
     #[test]

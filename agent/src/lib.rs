@@ -6,11 +6,13 @@
 //! - capture (evidence): [`capture`] runs collectors into a signed archive, configured
 //!   by [`config`], with default locations in [`paths`]; see ARCHITECTURE.md.
 //!
-//! [`cli`] maps the command line onto them.
+//! [`daemon`] serves both over an HTTP API (unix socket, mutual TLS) for `hindsight
+//! agent`, and [`cli`] maps the command line onto them.
 
 pub mod bpf;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod paths;
 pub mod profile;

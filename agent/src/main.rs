@@ -14,6 +14,9 @@ fn main() -> ExitCode {
         Command::Capture(args) => hindsight::cli::capture::run(args),
         Command::Keygen(args) => hindsight::cli::keygen::run(args),
         Command::Verify(args) => hindsight::cli::verify::run(args),
+        Command::Agent(args) => hindsight::cli::agent::run(args),
+        Command::Trigger(args) => hindsight::cli::trigger::run(args),
+        Command::GenerateAssets(args) => hindsight::cli::assets::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,6 +41,8 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // No colour codes in the journal (the daemon's stderr under systemd).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

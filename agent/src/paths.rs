@@ -13,6 +13,24 @@ pub const DEFAULT_SIGNING_KEY: &str = "/etc/hindsight/signing.key";
 /// The public half written by `hindsight keygen` when `--public-key` is not given.
 pub const DEFAULT_PUBLIC_KEY: &str = "/etc/hindsight/signing.pub";
 
+/// The daemon's local control socket (`[api] socket`); systemd's RuntimeDirectory.
+pub const DEFAULT_SOCKET: &str = "/run/hindsight/hindsight.sock";
+
+/// CA bundle that API client certificates must chain to (`[api] ca`).
+pub const DEFAULT_CLIENTS_CA: &str = "/etc/hindsight/clients-ca.pem";
+
+/// The daemon's TLS certificate chain (`[api] cert`).
+pub const DEFAULT_SERVER_CERT: &str = "/etc/hindsight/server.pem";
+
+/// The daemon's TLS private key (`[api] key`).
+pub const DEFAULT_SERVER_KEY: &str = "/etc/hindsight/server.key";
+
+/// The daemon's append-only audit log (`[api] audit_log`); systemd's LogsDirectory.
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/hindsight/audit.jsonl";
+
+/// Profiles started through the API (`[daemon] profile_dir`); under StateDirectory.
+pub const DEFAULT_PROFILE_DIR: &str = "/var/lib/hindsight/profiles";
+
 /// procfs; collectors read processes, sockets and kernel state from here.
 pub const PROC: &str = "/proc";
 

@@ -3,5 +3,6 @@
 //! eBPF into the running kernel, and so need root; run them with `cargo +stable xtask test`.
 
 mod capture;
+mod daemon;
 mod profile;
 mod support;

@@ -6,6 +6,7 @@
 //! auto-installing anything (`RUSTUP_AUTO_INSTALL=0` here).
 
 mod bench;
+mod package;
 mod setup;
 
 use std::{
@@ -45,6 +46,9 @@ enum Task {
     },
     /// Set up, build, then run the benchmarks and print their report.
     Bench(bench::BenchArgs),
+    /// Set up, build, then make a Debian package: target/package/hindsight_VERSION_ARCH.deb
+    /// (binary, systemd unit, default config, man pages, shell completions).
+    Package,
 }
 
 fn main() {
@@ -112,6 +116,11 @@ fn run(cli: Cli) -> Result<()> {
             ];
             test.extend(args.iter().map(String::as_str));
             ws.cargo(&test)
+        }
+        Task::Package => {
+            setup::setup(&ws)?;
+            ws.build_release()?;
+            package::package(&ws)
         }
         Task::Bench(args) => {
             setup::setup(&ws)?;

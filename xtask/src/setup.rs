@@ -21,6 +21,42 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "gcc",
         "the tests build their C fixture workloads from source",
     ),
+    (
+        "curl",
+        "the daemon tests speak HTTP to the agent over its unix socket and mutual TLS",
+    ),
+    (
+        "systemd",
+        "the tests run `systemd-analyze verify` and `security` on the unit file",
+    ),
+    (
+        "util-linux",
+        "the tests run the daemon as the unit's user with its capabilities via setpriv",
+    ),
+    (
+        "passwd",
+        "the tests create the unit's kind of system user with useradd",
+    ),
+    (
+        "dpkg-dev",
+        "`cargo xtask package` builds the .deb with dpkg-deb",
+    ),
+    (
+        "zstd",
+        "the tests read MANIFEST.json out of archives with tar --zstd",
+    ),
+    (
+        "minisign",
+        "the tests check evidence signatures with the stock minisign tool",
+    ),
+    (
+        "python3",
+        "the capture tests run small fixture processes (a TCP listener, a log writer)",
+    ),
+    (
+        "iproute2",
+        "capture records interfaces and routes with `ip -j`",
+    ),
 ];
 
 /// Debian packages only the benchmarks need.

@@ -1,9 +1,12 @@
 //! Command-line interface: one module per subcommand. Each parses its flags (clap derive)
 //! into the library's request types and runs them; nothing here owns data.
 
+pub mod agent;
+pub mod assets;
 pub mod capture;
 pub mod keygen;
 pub mod profile;
+pub mod trigger;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
@@ -27,4 +30,9 @@ pub enum Command {
     Capture(capture::CaptureArgs),
     Keygen(keygen::KeygenArgs),
     Verify(verify::VerifyArgs),
+    Agent(agent::AgentArgs),
+    Trigger(trigger::TriggerArgs),
+    /// Write man pages and shell completions (used by `cargo xtask package`).
+    #[command(hide = true)]
+    GenerateAssets(assets::AssetsArgs),
 }

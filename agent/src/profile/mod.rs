@@ -65,6 +65,11 @@ pub enum Mode {
 impl Mode {
     pub const ALL: [Mode; 3] = [Mode::Cpu, Mode::OffCpu, Mode::Locks];
 
+    /// The mode of a name (`cpu`, `offcpu`, `locks`).
+    pub fn from_name(name: &str) -> Option<Mode> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     /// File stem of its outputs and its name on the command line.
     pub fn name(self) -> &'static str {
         match self {
