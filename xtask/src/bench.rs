@@ -372,10 +372,14 @@ fn latency(
                     .ok()
             })
             .with_context(|| format!("no processing time in:\n{stdout}"))?;
+        // "  1980 samples at 99 Hz on 2 CPUs from ..."
         let n: f64 = stdout
             .lines()
-            .find_map(|l| l.split(": ").nth(1)?.split(" samples").next()?.parse().ok())
-            .unwrap_or(0.0);
+            .find_map(|l| {
+                l.contains(" samples at ")
+                    .then(|| l.split_whitespace().next()?.parse().ok())?
+            })
+            .with_context(|| format!("no sample count in:\n{stdout}"))?;
         processing.push(ms);
         rss.push(max_rss as f64 / 1024.0);
         samples.push(n);
