@@ -18,8 +18,21 @@ use crate::support::{
 /// per-unit cost holds to a point or two. 6 points keeps the test meaningful and stable.
 const SHARE_TOLERANCE: f64 = 0.06;
 
+/// An on-CPU profile: `hindsight profile ARGS` into `out`; its folded stacks and summary.
 fn profile(args: &[&str], out: &Path) -> (Folded, String) {
-    let mut all = vec!["profile", "--output-dir", out.to_str().unwrap()];
+    profile_mode("cpu", "On-CPU", args, out)
+}
+
+/// `hindsight profile --mode MODE ARGS` into `out`: MODE's folded stacks and the summary.
+/// The SVG must exist and carry `title`.
+fn profile_mode(mode: &str, title: &str, args: &[&str], out: &Path) -> (Folded, String) {
+    let mut all = vec![
+        "profile",
+        "--mode",
+        mode,
+        "--output-dir",
+        out.to_str().unwrap(),
+    ];
     all.extend_from_slice(args);
     let output = hindsight(&all);
     let stdout = text(&output.stdout);
@@ -28,11 +41,12 @@ fn profile(args: &[&str], out: &Path) -> (Folded, String) {
         "hindsight {all:?} failed:\nstdout: {stdout}\nstderr: {}",
         text(&output.stderr)
     );
-    let folded = Folded::read_from(&fs::read(out.join("cpu.folded")).unwrap()[..]).unwrap();
-    let svg = fs::read_to_string(out.join("cpu.svg")).unwrap();
+    let folded =
+        Folded::read_from(&fs::read(out.join(format!("{mode}.folded"))).unwrap()[..]).unwrap();
+    let svg = fs::read_to_string(out.join(format!("{mode}.svg"))).unwrap();
     assert!(
-        svg.starts_with("<?xml") && svg.contains("On-CPU"),
-        "bad svg"
+        svg.starts_with("<?xml") && svg.contains(title),
+        "bad svg: no {title:?}"
     );
     (folded, stdout)
 }
@@ -452,33 +466,15 @@ fn offcpu_attributes_blocked_time_to_the_waiting_functions() {
     let workload = Workload::start(fixture("waits"), &[]);
     let out = tempfile::tempdir().unwrap();
     let pid = workload.pid().to_string();
-    let output = hindsight(&[
-        "profile",
-        "--pid",
-        &pid,
-        "--duration",
-        "3",
-        "--mode",
+    let (folded, stdout) = profile_mode(
         "offcpu",
-        "--output-dir",
-        out.path().to_str().unwrap(),
-    ]);
-    let stdout = text(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        text(&output.stderr)
+        "Off-CPU time (µs blocked)",
+        &["--pid", &pid, "--duration", "3"],
+        out.path(),
     );
     assert!(
         !out.path().join("cpu.folded").exists(),
         "only the requested mode is written"
-    );
-    let folded =
-        Folded::read_from(&fs::read(out.path().join("offcpu.folded")).unwrap()[..]).unwrap();
-    let svg = fs::read_to_string(out.path().join("offcpu.svg")).unwrap();
-    assert!(
-        svg.contains("Off-CPU time (µs blocked)"),
-        "title names the unit"
     );
     let wall_us = sampled_seconds(&stdout) * 1e6;
     for (function, state) in [
@@ -515,25 +511,12 @@ fn futex_contention_is_measured_and_the_mutex_named() {
     let workload = Workload::start(fixture("mutex"), &[&THREADS.to_string()]);
     let out = tempfile::tempdir().unwrap();
     let pid = workload.pid().to_string();
-    let output = hindsight(&[
-        "profile",
-        "--pid",
-        &pid,
-        "--duration",
-        "3",
-        "--mode",
+    let (folded, stdout) = profile_mode(
         "locks",
-        "--output-dir",
-        out.path().to_str().unwrap(),
-    ]);
-    let stdout = text(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        text(&output.stderr)
+        "Lock contention (µs waited)",
+        &["--pid", &pid, "--duration", "3"],
+        out.path(),
     );
-    let folded =
-        Folded::read_from(&fs::read(out.path().join("locks.folded")).unwrap()[..]).unwrap();
     let waited: u64 = folded
         .iter()
         .filter_map(|(frames, n)| {
@@ -556,8 +539,6 @@ fn futex_contention_is_measured_and_the_mutex_named() {
         stdout.contains("futex ledger_lock"),
         "summary names the lock:\n{stdout}"
     );
-    let svg = fs::read_to_string(out.path().join("locks.svg")).unwrap();
-    assert!(svg.contains("Lock contention (µs waited)"));
 }
 
 /// Kernel locks: threads hammering mmap/munmap contend their process's mmap_lock, an
@@ -570,25 +551,12 @@ fn kernel_lock_contention_shows_the_lock_kind() {
     let workload = Workload::start(fixture("mmap_hammer"), &["4"]);
     let out = tempfile::tempdir().unwrap();
     let pid = workload.pid().to_string();
-    let output = hindsight(&[
-        "profile",
-        "--pid",
-        &pid,
-        "--duration",
-        "2",
-        "--mode",
+    let (folded, stdout) = profile_mode(
         "locks",
-        "--output-dir",
-        out.path().to_str().unwrap(),
-    ]);
-    let stdout = text(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        text(&output.stderr)
+        "Lock contention (µs waited)",
+        &["--pid", &pid, "--duration", "2"],
+        out.path(),
     );
-    let folded =
-        Folded::read_from(&fs::read(out.path().join("locks.folded")).unwrap()[..]).unwrap();
     let rwsem: u64 = folded
         .iter()
         .filter_map(|(frames, n)| {

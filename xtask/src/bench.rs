@@ -308,30 +308,25 @@ fn overhead(
     let mut text =
         String::from("## Overhead: `--all` at 99 Hz, fixed CPU-bound work on every CPU\n\n");
     writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
-    let (m, lo, hi) = summary(&ratios);
-    writeln!(
-        text,
-        "| wall-clock ratio with/without (interleaved ABBA pairs) | {:+.2}% | {:+.2}% .. {:+.2}% | {} |",
-        (m - 1.0) * 100.0,
-        (lo - 1.0) * 100.0,
-        (hi - 1.0) * 100.0,
-        ratios.len()
-    )?;
-    let (m, lo, hi) = summary(&direct);
-    writeln!(
-        text,
-        "| direct: (agent CPU + BPF run time) / CPU time available | {:.3}% | {:.3}% .. {:.3}% | {} |",
-        m * 100.0,
-        lo * 100.0,
-        hi * 100.0,
-        direct.len()
-    )?;
-    let (m, lo, hi) = summary(&per_sample_ns);
-    writeln!(
-        text,
-        "| BPF cost per sample (run_time_ns / run_cnt) | {m:.0} ns | {lo:.0} .. {hi:.0} ns | {} |\n",
-        per_sample_ns.len()
-    )?;
+    row(
+        &mut text,
+        "wall-clock ratio with/without (interleaved ABBA pairs)",
+        &ratios,
+        |x| format!("{:+.2}%", (x - 1.0) * 100.0),
+    );
+    row(
+        &mut text,
+        "direct: (agent CPU + BPF run time) / CPU time available",
+        &direct,
+        |x| format!("{:.3}%", x * 100.0),
+    );
+    row(
+        &mut text,
+        "BPF cost per sample (run_time_ns / run_cnt)",
+        &per_sample_ns,
+        |x| format!("{x:.0} ns"),
+    );
+    text.push('\n');
     Ok(text)
 }
 
@@ -391,24 +386,17 @@ fn latency(
     let mut text =
         String::from("## Latency and memory: `--all`, 10 s at 99 Hz, every CPU busy\n\n");
     writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
-    let (m, lo, hi) = summary(&samples);
-    writeln!(
-        text,
-        "| samples per profile | {m:.0} | {lo:.0} .. {hi:.0} | {} |",
-        samples.len()
-    )?;
-    let (m, lo, hi) = summary(&processing);
-    writeln!(
-        text,
-        "| end of sampling -> SVG written | {m:.0} ms | {lo:.0} .. {hi:.0} ms | {} |",
-        processing.len()
-    )?;
-    let (m, lo, hi) = summary(&rss);
-    writeln!(
-        text,
-        "| agent peak RSS | {m:.1} MiB | {lo:.1} .. {hi:.1} MiB | {} |\n",
-        rss.len()
-    )?;
+    row(&mut text, "samples per profile", &samples, |x| {
+        format!("{x:.0}")
+    });
+    row(
+        &mut text,
+        "end of sampling -> SVG written",
+        &processing,
+        |x| format!("{x:.0} ms"),
+    );
+    row(&mut text, "agent peak RSS", &rss, |x| format!("{x:.1} MiB"));
+    text.push('\n');
     Ok(text)
 }
 
@@ -517,6 +505,18 @@ fn leaf_shares(folded: &str) -> (BTreeMap<String, f64>, u64) {
         .map(|(f, n)| (f, n as f64 / total.max(1) as f64))
         .collect();
     (shares, total)
+}
+
+/// Appends `| label | median | min .. max | n |`, each value shown by `show`.
+fn row(text: &mut String, label: &str, values: &[f64], show: impl Fn(f64) -> String) {
+    let (m, lo, hi) = summary(values);
+    text.push_str(&format!(
+        "| {label} | {} | {} .. {} | {} |\n",
+        show(m),
+        show(lo),
+        show(hi),
+        values.len()
+    ));
 }
 
 /// (median, min, max).
@@ -696,44 +696,25 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
             ("hindsight", ratio(&ours)),
             ("bpftrace (equivalent sched_switch script)", ratio(&theirs)),
         ] {
-            let (m, lo, hi) = summary(&r);
-            writeln!(
-                text,
-                "| slowdown with {name} | {:+.1}% | {:+.1}% .. {:+.1}% | {} |",
-                (m - 1.0) * 100.0,
-                (lo - 1.0) * 100.0,
-                (hi - 1.0) * 100.0,
-                r.len()
-            )?;
+            row(&mut text, &format!("slowdown with {name}"), &r, |x| {
+                format!("{:+.1}%", (x - 1.0) * 100.0)
+            });
         }
-        let (m, lo, hi) = summary(&direct);
-        writeln!(
-            text,
-            "| hindsight direct: (agent CPU + BPF run time) / CPU available | {:.2}% | {:.2}% .. {:.2}% | {} |",
-            m * 100.0,
-            lo * 100.0,
-            hi * 100.0,
-            direct.len()
-        )?;
-        let (m, lo, hi) = summary(&per_event);
-        writeln!(
-            text,
-            "| BPF cost per program run | {m:.0} ns | {lo:.0} .. {hi:.0} ns | {} |",
-            per_event.len()
-        )?;
-        let (m, lo, hi) = summary(&rates);
-        writeln!(
-            text,
-            "| switch-outs recorded per second | {m:.0} | {lo:.0} .. {hi:.0} | {} |",
-            rates.len()
-        )?;
+        row(
+            &mut text,
+            "hindsight direct: (agent CPU + BPF run time) / CPU available",
+            &direct,
+            |x| format!("{:.2}%", x * 100.0),
+        );
+        row(&mut text, "BPF cost per program run", &per_event, |x| {
+            format!("{x:.0} ns")
+        });
+        row(&mut text, "switch-outs recorded per second", &rates, |x| {
+            format!("{x:.0}")
+        });
         writeln!(text, "| events lost to full maps (all runs) | {lost} | | |")?;
-        let (m, lo, hi) = summary(&rss);
-        writeln!(
-            text,
-            "| agent peak RSS | {m:.1} MiB | {lo:.1} .. {hi:.1} MiB | {} |\n",
-            rss.len()
-        )?;
+        row(&mut text, "agent peak RSS", &rss, |x| format!("{x:.1} MiB"));
+        text.push('\n');
         Ok(text)
     })();
     if !tracefs_was_mounted {

@@ -115,7 +115,7 @@ fn run(cli: Cli) -> Result<()> {
                 "--release",
             ];
             test.extend(args.iter().map(String::as_str));
-            ws.cargo(&test)
+            run_tests(&ws, &test)
         }
         Task::Package => {
             setup::setup(&ws)?;
@@ -203,6 +203,46 @@ impl Workspace {
         }
         cmd
     }
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line that totals
+/// every test binary's result (cargo's own last line is that of the last binary, often
+/// a doc-test run of 0 tests).
+fn run_tests(ws: &Workspace, args: &[&str]) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut cmd = ws.cargo_command();
+    cmd.args(args).stdout(std::process::Stdio::piped());
+    println!("xtask: running {}", describe(&cmd));
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", describe(&cmd)))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        // "test result: ok. 42 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("{} failed: {status}", describe(&cmd));
+    }
+    Ok(())
 }
 
 /// Runs a command, echoing it, and fails with its exit status.
