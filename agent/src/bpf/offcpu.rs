@@ -85,7 +85,7 @@ impl OffCpuSettings {
     }
 }
 
-pub(super) fn attach(ebpf: &mut Ebpf, _settings: &OffCpuSettings) -> Result<(), BpfError> {
+pub(super) fn attach(ebpf: &mut Ebpf) -> Result<(), BpfError> {
     attach_raw_tracepoint(ebpf, "offcpu_switch", "sched_switch")
 }
 

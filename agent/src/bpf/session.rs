@@ -123,8 +123,9 @@ impl Session {
         } else {
             None
         };
-        if let Some(settings) = &config.offcpu {
-            offcpu::attach(&mut ebpf, settings)?;
+        if config.offcpu.is_some() {
+            // Its settings went in as globals above.
+            offcpu::attach(&mut ebpf)?;
         }
         if config.locks {
             locks::attach(&mut ebpf)?;
