@@ -116,19 +116,10 @@ impl Agent {
             .spawn()
             .context("starting hindsight")?;
         let stderr = child.stderr.take().context("no stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            let Some(line) = lines.next() else {
-                let status = child.wait()?;
-                bail!("hindsight exited before sampling: {status}");
-            };
-            let line = line?;
-            if line.contains("recording ") {
-                break;
-            }
+        if let Err(err) = wait_for_line(stderr, "recording ") {
+            let status = child.wait()?;
+            bail!("hindsight exited before recording ({status}): {err:#}");
         }
-        // Keep draining stderr so the agent never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
         Ok(Self { child })
     }
 
@@ -154,6 +145,19 @@ impl Agent {
             "hindsight failed (wait status {status}): {stdout}"
         );
         Ok((stdout, max_rss))
+    }
+}
+
+/// Reads `output` until a line contains `needle`, then keeps draining it in a thread so
+/// that the writer never blocks on a full pipe.
+fn wait_for_line(output: impl std::io::Read + Send + 'static, needle: &str) -> Result<()> {
+    let mut lines = BufReader::new(output).lines();
+    loop {
+        let line = lines.next().context("the output ended")??;
+        if line.contains(needle) {
+            std::thread::spawn(move || for _ in lines {});
+            return Ok(());
+        }
     }
 }
 
@@ -660,21 +664,12 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
                             .spawn()
                             .context("starting bpftrace (apt package bpftrace)")?;
                         let stdout = bt.stdout.take().context("no stdout")?;
-                        let mut lines = BufReader::new(stdout).lines();
-                        loop {
-                            let Some(line) = lines.next() else {
-                                bail!("bpftrace exited before attaching");
-                            };
-                            if line?.contains("Attaching") {
-                                break;
-                            }
-                        }
+                        wait_for_line(stdout, "Attaching").context("bpftrace did not attach")?;
                         // Attached once it printed that and the probes are in place.
                         std::thread::sleep(Duration::from_millis(500));
                         theirs.push(time_pingpong(&pingpong)?.as_secs_f64());
                         // SAFETY: kill(2) on our own child; no memory is involved.
                         unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
-                        std::thread::spawn(move || for _ in lines {});
                         bt.wait()?;
                     }
                 }
