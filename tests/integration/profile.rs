@@ -594,3 +594,45 @@ fn sampled_seconds(stdout: &str) -> f64 {
         })
         .unwrap_or_else(|| panic!("no duration in:\n{stdout}"))
 }
+
+/// A sub-cgroup created while sampling (a restarted service's new scope, say) is picked up
+/// within the one-second rescan.
+#[test]
+fn cgroup_created_while_sampling_is_included() {
+    let Some(_serial) = require_root("cgroup_created_while_sampling_is_included") else {
+        return;
+    };
+    let root = hindsight::profile::target::cgroup2_root().expect("cgroup v2 mounted");
+    let group = root.join(format!("hindsight-late-{}", std::process::id()));
+    let late_group = group.join("late");
+    fs::create_dir_all(&group).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let late_bin = tmp.path().join("latecomer");
+    fs::copy(split_c(), &late_bin).unwrap();
+    let out = tmp.path().join("out");
+    let profiler = Command::new(hindsight_bin())
+        .args(["profile", "--duration", "3", "--cgroup"])
+        .arg(&group)
+        .arg("--output-dir")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    fs::create_dir(&late_group).unwrap();
+    let late = Workload::start(&late_bin, &[]);
+    fs::write(late_group.join("cgroup.procs"), late.pid().to_string()).unwrap();
+    let output = profiler.wait_with_output().unwrap();
+    drop(late);
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = fs::remove_dir(&late_group);
+    let _ = fs::remove_dir(&group);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let folded = Folded::read_from(&fs::read(out.join("cpu.folded")).unwrap()[..]).unwrap();
+    let (_, samples) = share_within(&folded, "latecomer", "work_a");
+    assert!(
+        samples > 20,
+        "{samples} samples of the process in the late cgroup"
+    );
+}

@@ -219,9 +219,15 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
         take_notifications(&mut session, &mut processes);
         if Instant::now() >= next_housekeeping {
             next_housekeeping += Duration::from_secs(1);
-            for id in targets.cgroup_ids().difference(&known_cgroups.clone()) {
-                session.add_cgroup(*id)?;
-                known_cgroups.insert(*id);
+            // Cgroups created since (a restarted service's new scope, say).
+            let fresh: Vec<u64> = targets
+                .cgroup_ids()
+                .difference(&known_cgroups)
+                .copied()
+                .collect();
+            for id in fresh {
+                session.add_cgroup(id)?;
+                known_cgroups.insert(id);
             }
             if only_pids(&targets)
                 && targets
