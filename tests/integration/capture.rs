@@ -237,12 +237,7 @@ fn capture_fixture_tree_and_check_with_stock_tools() {
     assert!(stdout(&v).contains("manifest-sha256:"), "{}", stdout(&v));
 
     let (_tmp, top) = extract(&archive);
-    run_ok(
-        Command::new("sha256sum")
-            .args(["-c", "--quiet"])
-            .arg(Path::new(top.file_name().unwrap()).join("SHA256SUMS"))
-            .current_dir(top.parent().unwrap()),
-    );
+    sha256sum_check(&top);
     let m = manifest(&top);
     assert_eq!(m["trigger"]["why"], "INC-2291 payment timeouts");
     assert!(stdout(&v).contains(m["id"].as_str().unwrap()));
@@ -664,12 +659,7 @@ while True:
             .arg(f.path("signing.pub")),
     );
     let (_tmp, top) = extract(&archive);
-    run_ok(
-        Command::new("sha256sum")
-            .args(["-c", "--quiet"])
-            .arg(Path::new(top.file_name().unwrap()).join("SHA256SUMS"))
-            .current_dir(top.parent().unwrap()),
-    );
+    sha256sum_check(&top);
     let m = manifest(&top);
     let busy: Vec<&Value> = m["members"]
         .as_array()
@@ -713,5 +703,16 @@ while True:
     assert!(
         lines_total >= 1_500_000,
         "captured only {lines_total} lines"
+    );
+}
+
+/// Stock `sha256sum -c TOP/SHA256SUMS`, run where the archive was extracted, as a
+/// responder would right after `tar -xf`.
+fn sha256sum_check(top: &Path) {
+    run_ok(
+        Command::new("sha256sum")
+            .args(["-c", "--quiet"])
+            .arg(Path::new(top.file_name().unwrap()).join("SHA256SUMS"))
+            .current_dir(top.parent().unwrap()),
     );
 }
