@@ -4,6 +4,15 @@
 //! the time it was away is added to `OFFCPU[(tgid, stacks, state)]`. User space drains
 //! `OFFCPU` (agent/src/bpf/offcpu.rs).
 //!
+//! Cost: walking the kernel stack (ORC) is most of the program's time, and a thread that
+//! blocks again and again (a server loop) does so from the same user stack, in the same
+//! state, through the same system call and kernel path. So the entry of a thread stays in
+//! `OFFCPU_START` while it runs, and a switch-out from the same user stack, in the same
+//! state and system call, reuses the kernel stack id of the previous one, up to
+//! `KERNEL_STACK_REUSES` times in a row; then the kernel stack is walked again. 0 walks it
+//! every time. The system call number (from the task's user registers) costs far less
+//! than a walk and tells apart, say, `read` and `nanosleep` made from one `syscall()` site.
+//!
 //! `sched_switch`'s arguments (include/trace/events/sched.h, v6.18):
 //! `(bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state)`;
 //! the program runs as `prev`, before the switch.
@@ -11,7 +20,10 @@
 use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::BPF_ANY,
-    helpers::bpf_ktime_get_ns,
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_task_pt_regs,
+    },
     macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuHashMap},
     programs::RawTracePointContext,
@@ -28,6 +40,11 @@ static MIN_BLOCK_NS: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static STATE_MASK: Global<u32> = Global::new(u32::MAX);
 
+/// How many switch-outs in a row may reuse a thread's last kernel stack
+/// (`--offcpu-kstack-reuse`).
+#[unsafe(no_mangle)]
+static KERNEL_STACK_REUSES: Global<u32> = Global::new(0);
+
 // Task states (include/linux/sched.h, v6.18).
 const TASK_INTERRUPTIBLE: u64 = 0x1;
 const TASK_UNINTERRUPTIBLE: u64 = 0x2;
@@ -36,8 +53,9 @@ const EXIT_ZOMBIE: u64 = 0x20;
 const TASK_DEAD: u64 = 0x80;
 const TASK_NOLOAD: u64 = 0x400;
 
-/// Threads off the CPU now, by `task_struct` address. LRU: a task that exits while off
-/// the CPU (or a wait longer than the profile) is evicted rather than filling the map.
+/// The last switch-out of each recorded thread, by `task_struct` address: its open wait
+/// (`ts != 0`) or, while it runs, the stacks to reuse. LRU: the entries of exited tasks are
+/// evicted rather than filling the map.
 #[map]
 static OFFCPU_START: LruHashMap<u64, OffCpuStart> = LruHashMap::with_max_entries(32768, 0);
 
@@ -60,6 +78,18 @@ fn classify(preempt: u64, state: u64) -> u32 {
     }
 }
 
+/// The system call the current task is in (`orig_ax` of its user registers; -1 if none).
+#[inline(always)]
+fn current_syscall() -> i32 {
+    // SAFETY: bpf_get_current_task_btf takes no arguments and returns the current task as
+    // a trusted BTF pointer, which is what bpf_task_pt_regs requires; the registers are read
+    // with bpf_probe_read_kernel, which checks the address.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        bpf_probe_read_kernel(&raw const (*regs).orig_rax).map_or(-1, |nr| nr as i32)
+    }
+}
+
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
     // SAFETY: helper without arguments.
@@ -69,17 +99,21 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
     let next: u64 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
 
-    // `next` comes back: close its wait.
-    // SAFETY: the value is copied out before the entry is removed.
-    if let Some(out) = unsafe { OFFCPU_START.get(&next) }.copied() {
-        let _ = OFFCPU_START.remove(&next);
-        let waited = now.saturating_sub(out.ts);
-        if waited < MIN_BLOCK_NS.load() {
-            count(Counter::OffCpuSkipped);
-        } else if add_wait(&OFFCPU, &out.key, waited) {
-            count(Counter::OffCpuRecorded);
-        } else {
-            count(Counter::OffCpuMapFull);
+    // `next` comes back: close its wait, keep its stacks.
+    if let Some(out) = OFFCPU_START.get_ptr_mut(&next) {
+        // SAFETY: a valid map value; `next` is not running, so no other program instance
+        // writes this entry now (its switch-out ran before, on whichever CPU).
+        let out = unsafe { &mut *out };
+        if out.ts != 0 {
+            let waited = now.saturating_sub(out.ts);
+            out.ts = 0;
+            if waited < MIN_BLOCK_NS.load() {
+                count(Counter::OffCpuSkipped);
+            } else if add_wait(&OFFCPU, &out.key, waited) {
+                count(Counter::OffCpuRecorded);
+            } else {
+                count(Counter::OffCpuMapFull);
+            }
         }
     }
 
@@ -96,17 +130,47 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
         count(Counter::OffCpuSkipped);
         return 0; // before the stack walks, which are the cost
     }
+    let user_stack_id = stack_id(&ctx, USER_STACK);
+    let syscall = current_syscall();
+    announce(&ctx, tgid);
+    count(Counter::OffCpuSwitchOut);
+    if let Some(last) = OFFCPU_START.get_ptr_mut(&prev) {
+        // SAFETY: a valid map value; `prev` is the current task, and only its own
+        // switch-out (here) and switch-in (after this) write its entry.
+        let last = unsafe { &mut *last };
+        let same_place = last.key.tgid == tgid
+            && last.key.state == state
+            && last.syscall == syscall
+            && user_stack_id >= 0
+            && last.key.user_stack_id == user_stack_id
+            && last.key.kernel_stack_id >= 0;
+        if same_place && last.reuses < KERNEL_STACK_REUSES.load() {
+            last.reuses += 1;
+            count(Counter::OffCpuKernelStackReused);
+        } else {
+            last.key = OffCpuKey {
+                tgid,
+                user_stack_id,
+                kernel_stack_id: stack_id(&ctx, 0),
+                state,
+            };
+            last.reuses = 0;
+            last.syscall = syscall;
+        }
+        last.ts = now;
+        return 0;
+    }
     let out = OffCpuStart {
         ts: now,
         key: OffCpuKey {
             tgid,
-            user_stack_id: stack_id(&ctx, USER_STACK),
+            user_stack_id,
             kernel_stack_id: stack_id(&ctx, 0),
             state,
         },
+        reuses: 0,
+        syscall,
     };
-    announce(&ctx, tgid);
-    count(Counter::OffCpuSwitchOut);
     if OFFCPU_START.insert(&prev, &out, BPF_ANY as u64).is_err() {
         count(Counter::OffCpuMapFull);
     }

@@ -500,6 +500,62 @@ fn offcpu_attributes_blocked_time_to_the_waiting_functions() {
     );
 }
 
+/// Off-CPU reuses a thread's last kernel stack when it blocks again from the same user
+/// stack: a thread that alternates between nanosleep and a pipe read from one call site
+/// (one user stack) must still have each wait under its own kernel path, about half each.
+#[test]
+fn offcpu_kernel_stack_reuse_keeps_distinct_kernel_paths_apart() {
+    let Some(_serial) = require_root("offcpu_kernel_stack_reuse_keeps_distinct_kernel_paths_apart")
+    else {
+        return;
+    };
+    let workload = Workload::start(fixture("twopaths"), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let pid = workload.pid().to_string();
+    let (folded, stdout) = profile_mode(
+        "offcpu",
+        "Off-CPU time (µs blocked)",
+        &["--pid", &pid, "--duration", "3"],
+        out.path(),
+    );
+    // The summary says how many switch-outs reused a kernel stack: this test is only
+    // meaningful if some did.
+    let reused: u64 = stdout
+        .split_once(" reused the last kernel stack")
+        .and_then(|(before, _)| before.rsplit('(').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no reuse count in the summary:\n{stdout}"));
+    assert!(
+        reused > 10,
+        "only {reused} switch-outs reused a kernel stack:\n{stdout}"
+    );
+    let path_time = |kernel_frame: &str| -> u64 {
+        folded
+            .iter()
+            .filter_map(|(frames, n)| {
+                let frames: Vec<&str> = frames.collect();
+                (frames.contains(&"block_here") && frames.contains(&kernel_frame)).then_some(n)
+            })
+            .sum()
+    };
+    let sleep = path_time("do_nanosleep_[k]");
+    let read = path_time("vfs_read_[k]");
+    let total = sleep + read;
+    let wall_us = sampled_seconds(&stdout) * 1e6;
+    assert!(
+        (total as f64 / wall_us - 1.0).abs() < 0.10,
+        "block_here: {total} µs blocked over {wall_us:.0} µs of profile"
+    );
+    // By construction each path is about half (20 ms sleep, then the rest of a 40 ms feed
+    // period in read); reusing one path's stack for the other would push one toward 0.
+    for (path, us) in [("nanosleep", sleep), ("pipe read", read)] {
+        let share = us as f64 / total as f64;
+        assert!(
+            (0.35..=0.65).contains(&share),
+            "{path}: {us} of {total} µs ({share:.2}); want about half\n{stdout}"
+        );
+    }
+}
+
 /// Locks: N threads contending one pthread mutex wait (N-1) x wall time on its futex,
 /// and the lock is named after its variable.
 #[test]

@@ -558,6 +558,19 @@ tracepoint:sched:sched_switch
 END { clear(@start); clear(@kst); clear(@ust); clear(@off); }
 "#;
 
+/// One hindsight run of the off-CPU benchmark.
+struct OffCpuRun {
+    wall: f64,
+    /// (agent CPU + BPF run time) / CPU available.
+    direct: f64,
+    /// BPF nanoseconds per program run.
+    per_event: f64,
+    rss_mib: f64,
+    /// Switch-outs recorded per second.
+    rate: f64,
+    lost: u64,
+}
+
 /// Round trips and computation per message giving ~100k context switches/s here.
 const PINGPONG: [&str; 2] = ["60000", "3500"];
 
@@ -591,70 +604,88 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
     }
     let result = (|| -> Result<String> {
         let stats = BpfStats::enable()?;
-        let (mut base, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut direct, mut per_event, mut rates, mut rss) =
+        let (mut base, mut ours, mut exact, mut theirs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut direct, mut per_event, mut exact_per_event, mut rates, mut rss) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut lost = 0u64;
         time_pingpong(&pingpong)?; // warm-up
         let ctxt0 = context_switches()?;
         let t0 = Instant::now();
         time_pingpong(&pingpong)?;
         let switch_rate = (context_switches()? - ctxt0) as f64 / t0.elapsed().as_secs_f64();
+        let run_ours = |extra: &[&str]| -> Result<OffCpuRun> {
+            let mut agent_args = vec!["--all", "--mode", "offcpu,locks", "--duration", "3600"];
+            agent_args.extend_from_slice(extra);
+            let agent = Agent::start(bin, &agent_args, &dir)?;
+            let (cpu0, (ns0, cnt0)) = (cpu_time(agent.pid())?, BpfStats::read()?);
+            let wall = time_pingpong(&pingpong)?;
+            let (cpu1, (ns1, cnt1)) = (cpu_time(agent.pid())?, BpfStats::read()?);
+            let (stdout, max_rss) = agent.finish()?;
+            let used = (cpu1 - cpu0).as_secs_f64() + (ns1 - ns0) as f64 / 1e9;
+            let recorded: f64 = stdout
+                .lines()
+                .find_map(|l| {
+                    l.split("kernel: ")
+                        .nth(1)?
+                        .split(" switch-outs")
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0.0);
+            let seconds: f64 = stdout
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("recorded ")?
+                        .split(" for ")
+                        .nth(1)?
+                        .split(" s")
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(1.0);
+            let lost = stdout
+                .lines()
+                .filter_map(|l| {
+                    l.split(", ")
+                        .last()?
+                        .split(" lost to full maps")
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum::<u64>();
+            Ok(OffCpuRun {
+                wall: wall.as_secs_f64(),
+                direct: used / (wall.as_secs_f64() * cpus as f64),
+                per_event: (ns1 - ns0) as f64 / (cnt1 - cnt0).max(1) as f64,
+                rss_mib: max_rss as f64 / 1024.0,
+                rate: recorded / seconds,
+                lost,
+            })
+        };
         for pair in 0..args.pairs {
-            // Rotate the order of the three runs so none always goes first.
-            for slot in 0..3 {
-                match (pair + slot) % 3 {
+            // Rotate the order of the four runs so none always goes first.
+            for slot in 0..4 {
+                match (pair + slot) % 4 {
                     0 => base.push(time_pingpong(&pingpong)?.as_secs_f64()),
                     1 => {
-                        let agent = Agent::start(
-                            bin,
-                            &["--all", "--mode", "offcpu,locks", "--duration", "3600"],
-                            &dir,
-                        )?;
-                        let (cpu0, (ns0, cnt0)) = (cpu_time(agent.pid())?, BpfStats::read()?);
-                        let wall = time_pingpong(&pingpong)?;
-                        let (cpu1, (ns1, cnt1)) = (cpu_time(agent.pid())?, BpfStats::read()?);
-                        let (stdout, max_rss) = agent.finish()?;
-                        ours.push(wall.as_secs_f64());
-                        let used = (cpu1 - cpu0).as_secs_f64() + (ns1 - ns0) as f64 / 1e9;
-                        direct.push(used / (wall.as_secs_f64() * cpus as f64));
-                        per_event.push((ns1 - ns0) as f64 / (cnt1 - cnt0).max(1) as f64);
-                        rss.push(max_rss as f64 / 1024.0);
-                        let recorded: f64 = stdout
-                            .lines()
-                            .find_map(|l| {
-                                l.split("kernel: ")
-                                    .nth(1)?
-                                    .split(" switch-outs")
-                                    .next()?
-                                    .parse()
-                                    .ok()
-                            })
-                            .unwrap_or(0.0);
-                        let seconds: f64 = stdout
-                            .lines()
-                            .find_map(|l| {
-                                l.strip_prefix("recorded ")?
-                                    .split(" for ")
-                                    .nth(1)?
-                                    .split(" s")
-                                    .next()?
-                                    .parse()
-                                    .ok()
-                            })
-                            .unwrap_or(1.0);
-                        rates.push(recorded / seconds);
-                        lost += stdout
-                            .lines()
-                            .filter_map(|l| {
-                                l.split(", ")
-                                    .last()?
-                                    .split(" lost to full maps")
-                                    .next()?
-                                    .parse::<u64>()
-                                    .ok()
-                            })
-                            .sum::<u64>();
+                        let run = run_ours(&[])?;
+                        ours.push(run.wall);
+                        direct.push(run.direct);
+                        per_event.push(run.per_event);
+                        rss.push(run.rss_mib);
+                        rates.push(run.rate);
+                        lost += run.lost;
+                    }
+                    2 => {
+                        // Exact kernel stacks: walked at every switch-out.
+                        let run = run_ours(&["--offcpu-kstack-reuse", "0"])?;
+                        exact.push(run.wall);
+                        exact_per_event.push(run.per_event);
+                        lost += run.lost;
                     }
                     _ => {
                         let mut bt = Command::new("bpftrace")
@@ -675,8 +706,9 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
                 }
             }
             println!(
-                "xtask: bench: offcpu pair {pair}: without {:.3} s, hindsight {:.3} s, bpftrace {:.3} s",
-                base[pair], ours[pair], theirs[pair]
+                "xtask: bench: offcpu pair {pair}: without {:.3} s, hindsight {:.3} s, \
+                 hindsight exact kernel stacks {:.3} s, bpftrace {:.3} s",
+                base[pair], ours[pair], exact[pair], theirs[pair]
             );
         }
         drop(stats);
@@ -688,7 +720,14 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
         );
         writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
         for (name, r) in [
-            ("hindsight", ratio(&ours)),
+            (
+                "hindsight (default: kernel stacks reused, walked every 16th)",
+                ratio(&ours),
+            ),
+            (
+                "hindsight --offcpu-kstack-reuse 0 (every kernel stack walked)",
+                ratio(&exact),
+            ),
             ("bpftrace (equivalent sched_switch script)", ratio(&theirs)),
         ] {
             row(&mut text, &format!("slowdown with {name}"), &r, |x| {
@@ -704,6 +743,12 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
         row(&mut text, "BPF cost per program run", &per_event, |x| {
             format!("{x:.0} ns")
         });
+        row(
+            &mut text,
+            "BPF cost per program run, every kernel stack walked",
+            &exact_per_event,
+            |x| format!("{x:.0} ns"),
+        );
         row(&mut text, "switch-outs recorded per second", &rates, |x| {
             format!("{x:.0}")
         });

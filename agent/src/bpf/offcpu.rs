@@ -68,13 +68,21 @@ pub struct OffCpuSettings {
     pub min_block: Duration,
     /// States to record.
     pub states: Vec<TaskState>,
+    /// How many switch-outs in a row of a thread from the same user stack, in the same
+    /// state, reuse its last kernel stack instead of walking it again (0: walk every time).
+    pub kernel_stack_reuses: u32,
 }
+
+/// The default of `--offcpu-kstack-reuse`: the kernel stack is walked at least every 16th
+/// switch-out of a thread that keeps blocking in the same place.
+pub const DEFAULT_KERNEL_STACK_REUSES: u32 = 15;
 
 impl Default for OffCpuSettings {
     fn default() -> Self {
         Self {
             min_block: Duration::ZERO,
             states: TaskState::ALL.to_vec(),
+            kernel_stack_reuses: DEFAULT_KERNEL_STACK_REUSES,
         }
     }
 }
@@ -102,6 +110,9 @@ pub(super) fn drain(
     let min_block = settings.min_block.as_nanos() as u64;
     for entry in open.iter() {
         let (_, start) = entry.map_err(BpfError::map("OFFCPU_START"))?;
+        if start.ts == 0 {
+            continue; // the thread is running; the entry only keeps its last stacks
+        }
         let waited = stopped_ns.saturating_sub(start.ts);
         if waited >= min_block && start.ts <= stopped_ns {
             let stats = waits.entry(start.key).or_default();

@@ -90,11 +90,13 @@ impl Session {
         let offcpu = config.offcpu.clone().unwrap_or_default();
         let min_block_ns = offcpu.min_block.as_nanos() as u64;
         let state_mask = offcpu.state_mask();
+        let kernel_stack_reuses = offcpu.kernel_stack_reuses;
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_FLAGS", &flags, true)
             .override_global("AGENT_TGID", &agent, true)
             .override_global("MIN_BLOCK_NS", &min_block_ns, true)
             .override_global("STATE_MASK", &state_mask, true)
+            .override_global("KERNEL_STACK_REUSES", &kernel_stack_reuses, true)
             .map_max_entries("STACKS", config.sizes.stacks)
             .map_max_entries("CPU_COUNTS", config.sizes.keys)
             .map_max_entries("OFFCPU", config.sizes.keys)

@@ -152,6 +152,7 @@ pub fn profile_request(spec: &ProfileSpec, output_dir: PathBuf) -> ProfileReques
             // As the CLI's --min-block default.
             min_block: Duration::from_micros(1),
             states: TaskState::ALL.to_vec(),
+            kernel_stack_reuses: crate::profile::DEFAULT_KERNEL_STACK_REUSES,
         },
         output_dir,
     }

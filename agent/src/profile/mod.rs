@@ -26,7 +26,7 @@ use std::{
 use inferno::flamegraph::color::{BasicPalette, Palette};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-pub use crate::bpf::offcpu::{OffCpuSettings, TaskState};
+pub use crate::bpf::offcpu::{DEFAULT_KERNEL_STACK_REUSES, OffCpuSettings, TaskState};
 use crate::bpf::{self, BpfError, KernelFilter, MapSizes, Session, SessionConfig};
 use target::{ResolvedTargets, TargetError, Targets};
 
@@ -134,6 +134,7 @@ impl ProfileRequest {
             offcpu: OffCpuSettings {
                 min_block: Duration::from_micros(args.min_block),
                 states,
+                kernel_stack_reuses: args.kernel_stack_reuses,
             },
             output_dir: args.output_dir.clone(),
         })

@@ -89,10 +89,12 @@ pub enum Counter {
     LockRecorded,
     /// Locks: lost because the lock map or a start map was full.
     LockMapFull,
+    /// Off-CPU: a switch-out reused the thread's last kernel stack instead of walking it.
+    OffCpuKernelStackReused,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 21] = [
         Counter::Samples,
         Counter::Idle,
         Counter::FilteredOut,
@@ -113,6 +115,7 @@ impl Counter {
         Counter::FutexWait,
         Counter::LockRecorded,
         Counter::LockMapFull,
+        Counter::OffCpuKernelStackReused,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 }
@@ -129,14 +132,20 @@ pub struct OffCpuKey {
     pub state: u32,
 }
 
-/// A wait in progress: the thread left the CPU at `ts` (`bpf_ktime_get_ns`, i.e.
-/// CLOCK_MONOTONIC) with these stacks. User space adds the ones still open when the
-/// profile ends, so a thread blocked at the end is not missed.
+/// A thread's last switch-out. While it is off the CPU, `ts` is when it left
+/// (`bpf_ktime_get_ns`, i.e. CLOCK_MONOTONIC) and `key` holds its stacks; user space adds
+/// the waits still open when the profile ends, so a thread blocked at the end is not
+/// missed. Once the thread runs again `ts` is 0 and `key` is kept, so that its next
+/// switch-out from the same user stack, in the same state and system call, can reuse the
+/// kernel stack (`reuses` counts the reuses since the kernel stack was last walked).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OffCpuStart {
     pub ts: u64,
     pub key: OffCpuKey,
+    pub reuses: u32,
+    /// The system call the thread was in (`orig_ax` of its user registers), -1 if none.
+    pub syscall: i32,
 }
 
 /// Task states an off-CPU wait is classified into (from `prev_state` and `preempt` of
