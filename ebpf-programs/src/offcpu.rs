@@ -11,14 +11,19 @@
 use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::BPF_ANY,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuHashMap},
     programs::RawTracePointContext,
 };
-use hindsight_common::{Counter, OffCpuKey, OffCpuStart, WaitStats, offcpu_state};
+use hindsight_common::{
+    Counter, OffCpuKey, OffCpuStart, WaitDone, WaitStats, offcpu_state, stack_copy,
+};
 
-use crate::shared::{USER_STACK, add_wait, announce, count, selected, stack_id};
+use crate::shared::{
+    STACK_COPIES, USER_STACK, add_wait, announce, copies_enabled, copy_user_stack, count, selected,
+    send_copy, stack_id, take_copy_budget,
+};
 
 /// Waits shorter than this are not recorded (`--min-block`).
 #[unsafe(no_mangle)]
@@ -74,7 +79,26 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
     if let Some(out) = unsafe { OFFCPU_START.get(&next) }.copied() {
         let _ = OFFCPU_START.remove(&next);
         let waited = now.saturating_sub(out.ts);
-        if waited < MIN_BLOCK_NS.load() {
+        if out.key.user_stack_id == stack_copy::COPIED {
+            // Its stack went to user space at switch-out: so does its end (0: too short).
+            let done = WaitDone {
+                kind: stack_copy::OFFCPU_DONE,
+                _pad: 0,
+                wait_id: out.wait_id,
+                ns: if waited < MIN_BLOCK_NS.load() {
+                    0
+                } else {
+                    waited
+                },
+            };
+            if STACK_COPIES.output(&done, 0).is_err() {
+                count(Counter::StackCopyLost);
+            } else if done.ns == 0 {
+                count(Counter::OffCpuSkipped);
+            } else {
+                count(Counter::OffCpuRecorded);
+            }
+        } else if waited < MIN_BLOCK_NS.load() {
             count(Counter::OffCpuSkipped);
         } else if add_wait(&OFFCPU, &out.key, waited) {
             count(Counter::OffCpuRecorded);
@@ -96,16 +120,35 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
         count(Counter::OffCpuSkipped);
         return 0; // before the stack walks, which are the cost
     }
-    let out = OffCpuStart {
+    let kernel_stack_id = stack_id(&ctx, 0);
+    announce(&ctx, tgid);
+    let mut out = OffCpuStart {
         ts: now,
         key: OffCpuKey {
             tgid,
-            user_stack_id: stack_id(&ctx, USER_STACK),
-            kernel_stack_id: stack_id(&ctx, 0),
+            user_stack_id: stack_copy::COPIED,
+            kernel_stack_id,
             state,
         },
+        // SAFETY: helper without arguments.
+        wait_id: (now << 8) | u64::from(unsafe { bpf_get_smp_processor_id() } & 0xff),
     };
-    announce(&ctx, tgid);
+    // `--unwind dwarf|auto`: the user stack goes to user space now, while it is the
+    // current task's; frame pointers when over budget or when it cannot be sent.
+    let copied = copies_enabled()
+        && take_copy_budget()
+        && copy_user_stack().is_some_and(|record| {
+            record.kind = stack_copy::OFFCPU;
+            record.tgid = tgid;
+            record.kernel_stack_id = kernel_stack_id;
+            record.extra = state;
+            record.lock_addr = 0;
+            record.value = out.wait_id;
+            send_copy(record)
+        });
+    if !copied {
+        out.key.user_stack_id = stack_id(&ctx, USER_STACK);
+    }
     count(Counter::OffCpuSwitchOut);
     if OFFCPU_START.insert(&prev, &out, BPF_ANY as u64).is_err() {
         count(Counter::OffCpuMapFull);

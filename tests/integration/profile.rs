@@ -398,12 +398,20 @@ fn ebpf_object_loads_and_every_program_attaches() {
     let Some(_serial) = require_root("ebpf_object_loads_and_every_program_attaches") else {
         return;
     };
-    use hindsight::bpf::{BpfError, Counter, KernelFilter, MapSizes, Session, SessionConfig};
+    use hindsight::bpf::{
+        BpfError, Counter, KernelFilter, MapSizes, Session, SessionConfig, UnwindMode,
+        UnwindSettings,
+    };
     let config = SessionConfig {
         oncpu_hz: Some(999),
         offcpu: Some(Default::default()),
         locks: true,
         sizes: MapSizes::default(),
+        // The kernel-side aggregation this test reads; copies are tested in `unwind`.
+        unwind: UnwindSettings {
+            mode: UnwindMode::Fp,
+            ..Default::default()
+        },
     };
     let me = std::process::id();
     // The agent excludes its own process; a child process does the work here.

@@ -19,7 +19,7 @@ use super::Shared;
 use super::metrics::Metrics;
 use crate::capture::{CaptureOutcome, CaptureRequest, ExtraMember, Progress, TriggerInfo};
 use crate::profile::target::Targets;
-use crate::profile::{Mode, OffCpuSettings, ProfileRequest, TaskState};
+use crate::profile::{Mode, OffCpuSettings, ProfileRequest, TaskState, UnwindMode, UnwindSettings};
 
 /// Profile modes this agent can take. The API refuses others with a 400 naming these.
 pub const SUPPORTED_MODES: &[&str] = &["cpu", "offcpu", "locks", "all"];
@@ -76,6 +76,8 @@ pub struct ProfileSpec {
     pub units: Vec<String>,
     /// cgroup v2 paths to profile.
     pub cgroups: Vec<PathBuf>,
+    /// How user stacks are walked: `fp`, `dwarf` or `auto` (default), as `--unwind`.
+    pub unwind: UnwindMode,
 }
 
 impl Default for ProfileSpec {
@@ -88,6 +90,7 @@ impl Default for ProfileSpec {
             pids: Vec::new(),
             units: Vec::new(),
             cgroups: Vec::new(),
+            unwind: UnwindMode::Auto,
         }
     }
 }
@@ -152,6 +155,10 @@ pub fn profile_request(spec: &ProfileSpec, output_dir: PathBuf) -> ProfileReques
             // As the CLI's --min-block default.
             min_block: Duration::from_micros(1),
             states: TaskState::ALL.to_vec(),
+        },
+        unwind: UnwindSettings {
+            mode: spec.unwind,
+            ..UnwindSettings::default()
         },
         output_dir,
     }
