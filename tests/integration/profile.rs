@@ -25,7 +25,7 @@ fn profile(args: &[&str], out: &Path) -> (Folded, String) {
 
 /// `hindsight profile --mode MODE ARGS` into `out`: MODE's folded stacks and the summary.
 /// The SVG must exist and carry `title`.
-fn profile_mode(mode: &str, title: &str, args: &[&str], out: &Path) -> (Folded, String) {
+pub(crate) fn profile_mode(mode: &str, title: &str, args: &[&str], out: &Path) -> (Folded, String) {
     let mut all = vec![
         "profile",
         "--mode",
@@ -87,7 +87,14 @@ fn assert_chains_from_main(folded: &Folded, function: &str, main: &str) {
     }
 }
 
-fn check_split(folded: &Folded, comm: &str, a: &str, b: &str, main: &str, expected_samples: f64) {
+pub(crate) fn check_split(
+    folded: &Folded,
+    comm: &str,
+    a: &str,
+    b: &str,
+    main: &str,
+    expected_samples: f64,
+) {
     let (share_a, total) = share_within(folded, comm, a);
     let (share_b, _) = share_within(folded, comm, b);
     // A busy machine gives the fixture less than a whole CPU: ask only for enough samples
@@ -588,7 +595,7 @@ fn kernel_lock_contention_shows_the_lock_kind() {
 }
 
 /// The duration actually recorded, from the summary ("recorded ... for 3.0 s").
-fn sampled_seconds(stdout: &str) -> f64 {
+pub(crate) fn sampled_seconds(stdout: &str) -> f64 {
     stdout
         .lines()
         .find_map(|l| {

@@ -235,6 +235,20 @@ impl Session {
         if self.config.locks {
             raw.locks = locks::drain(&self.ebpf)?;
         }
+        self.read_stacks(&mut raw)?;
+        let counters_map: PerCpuArray<_, u64> = map_ref(&self.ebpf, "COUNTERS")?;
+        for counter in Counter::ALL {
+            let values = counters_map
+                .get(&(counter as u32), 0)
+                .map_err(BpfError::map("COUNTERS"))?;
+            raw.counters.0[counter as usize] = values.iter().sum();
+        }
+        Ok(raw)
+    }
+
+    /// Reads the stacks `raw`'s records reference that it does not hold yet (`drain` does;
+    /// call it again after adding records, e.g. the unwound ones with their kernel stacks).
+    pub fn read_stacks(&self, raw: &mut RawProfile) -> Result<(), BpfError> {
         let stack_map: StackTraceMap<_> = map_ref(&self.ebpf, "STACKS")?;
         let ids = raw
             .oncpu
@@ -263,14 +277,7 @@ impl Session {
                 Err(err) => tracing::debug!(id, "stack id unreadable: {err}"),
             }
         }
-        let counters_map: PerCpuArray<_, u64> = map_ref(&self.ebpf, "COUNTERS")?;
-        for counter in Counter::ALL {
-            let values = counters_map
-                .get(&(counter as u32), 0)
-                .map_err(BpfError::map("COUNTERS"))?;
-            raw.counters.0[counter as usize] = values.iter().sum();
-        }
-        Ok(raw)
+        Ok(())
     }
 }
 

@@ -260,9 +260,10 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
     take_notifications(&mut session, &mut processes);
     session.take_stack_copies(|record| unwinder.add(record, &mut processes));
     let mut raw = session.drain()?;
-    drop(session);
     let unwind_stats = unwinder.stats;
     unwinder.finish(&mut raw);
+    session.read_stacks(&mut raw)?; // the kernel stacks of the unwound records
+    drop(session);
     for tgid in raw
         .oncpu
         .iter()
