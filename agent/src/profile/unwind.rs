@@ -152,6 +152,10 @@ struct ProcessUnwinder {
     unwinder: UnwinderX86_64<Data>,
 }
 
+/// A file mapped by a process: its address range, and (start, file offset) of its
+/// mapping of lowest offset.
+type ObjectExtent = (Arc<ObjectFile>, Range<u64>, (u64, u64));
+
 /// Unwinds copied stacks and aggregates their events.
 #[derive(Default)]
 pub struct StackUnwinder {
@@ -313,7 +317,7 @@ impl StackUnwinder {
             return;
         }
         // Each file's extent in the process, and where its lowest file offset is mapped.
-        let mut objects: Vec<(Arc<ObjectFile>, Range<u64>, (u64, u64))> = Vec::new();
+        let mut objects: Vec<ObjectExtent> = Vec::new();
         for m in &process.maps {
             let Backing::File(object) = &m.backing else {
                 continue;
