@@ -33,6 +33,9 @@ pub const UNWOUND_ID_BASE: u32 = 1 << 30;
 /// Frames kept per stack, as many as the kernel's frame-pointer walk keeps.
 const MAX_FRAMES: usize = 127;
 
+/// Least time between two re-reads of a process's maps for code it mapped since.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
 type Data = Arc<[u8]>;
 
 /// What one binary contributes to unwinding.
@@ -170,6 +173,8 @@ pub struct StackUnwinder {
     locks: HashMap<LockKey, WaitStats>,
     /// Off-CPU waits whose stack arrived and whose end has not, by wait id.
     pending: HashMap<u64, OffCpuKey>,
+    /// When each process's maps were last re-read for an unknown address.
+    rescanned: HashMap<u32, Instant>,
     pub stats: UnwindStats,
 }
 
@@ -204,6 +209,20 @@ impl StackUnwinder {
         };
         if !processes.contains(event.tgid) {
             processes.observe(event.tgid, None);
+        } else if processes
+            .get(event.tgid)
+            .is_some_and(|p| !p.exited && p.mapping(event.ip).is_none())
+        {
+            // Code mapped since the snapshot (dlopen): look again, at most once a second.
+            let now = Instant::now();
+            let due = self
+                .rescanned
+                .get(&event.tgid)
+                .is_none_or(|last| now.duration_since(*last) >= RESCAN_EVERY);
+            if due {
+                self.rescanned.insert(event.tgid, now);
+                processes.reobserve(event.tgid, None);
+            }
         }
         let ips = self.unwind(processes.get(event.tgid), &event);
         let next = UNWOUND_ID_BASE + self.stacks.len() as u32;
@@ -377,5 +396,161 @@ impl StackUnwinder {
         }
         self.by_object.insert(id, info.clone());
         info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hindsight_common::{StackCopy, errno};
+
+    use super::*;
+    use crate::profile::symbolize::{Symbolizer, lookup_addr};
+
+    /// Reads `buf.len()` bytes of our own memory at `addr`, stopping at the first
+    /// unreadable page as the eBPF program does; returns how many were read.
+    fn read_own(addr: u64, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            let chunk = (buf.len() - done).min(512);
+            let local = libc::iovec {
+                iov_base: buf[done..].as_mut_ptr().cast(),
+                iov_len: chunk,
+            };
+            let remote = libc::iovec {
+                iov_base: (addr as usize + done) as *mut libc::c_void,
+                iov_len: chunk,
+            };
+            // SAFETY: `local` is inside `buf`; the kernel checks the remote range.
+            let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+            if n != chunk as isize {
+                break;
+            }
+            done += chunk;
+        }
+        done
+    }
+
+    /// This thread's registers and stack, as a record of the copy ring.
+    #[inline(never)]
+    fn copy_own_stack(kind: u32, value: u64) -> Vec<u8> {
+        let (ip, sp, bp): (u64, u64, u64);
+        // SAFETY: reads three registers into locals; touches no memory.
+        unsafe {
+            std::arch::asm!(
+                "lea {ip}, [rip]",
+                "mov {sp}, rsp",
+                "mov {bp}, rbp",
+                ip = out(reg) ip,
+                sp = out(reg) sp,
+                bp = out(reg) bp,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        let mut stack = vec![0u8; 16 * 1024];
+        let len = read_own(sp, &mut stack);
+        let mut record = vec![0u8; StackCopy::HEADER];
+        record[0..4].copy_from_slice(&kind.to_ne_bytes());
+        record[4..8].copy_from_slice(&std::process::id().to_ne_bytes());
+        record[8..12].copy_from_slice(&(-errno::EFAULT).to_ne_bytes());
+        record[16..24].copy_from_slice(&ip.to_ne_bytes());
+        record[24..32].copy_from_slice(&sp.to_ne_bytes());
+        record[32..40].copy_from_slice(&bp.to_ne_bytes());
+        record[48..56].copy_from_slice(&value.to_ne_bytes());
+        record[56..60].copy_from_slice(&(len as u32).to_ne_bytes());
+        record.extend_from_slice(&stack[..len]);
+        record
+    }
+
+    #[inline(never)]
+    fn inner_unwind_fixture(kind: u32, value: u64) -> Vec<u8> {
+        let record = copy_own_stack(kind, value);
+        std::hint::black_box(&record); // no tail call: this frame stays on the stack
+        record
+    }
+
+    #[inline(never)]
+    fn outer_unwind_fixture(kind: u32, value: u64) -> Vec<u8> {
+        let record = inner_unwind_fixture(kind, value);
+        std::hint::black_box(&record);
+        record
+    }
+
+    #[test]
+    fn unwinds_its_own_stack_through_its_callers() {
+        let me = std::process::id();
+        let mut table = ProcessTable::default();
+        table.observe(me, None);
+        let record = outer_unwind_fixture(stack_copy::ONCPU, 1);
+        let mut unwinder = StackUnwinder::new();
+        unwinder.add(&record, &mut table);
+        unwinder.add(&record, &mut table);
+        assert_eq!((unwinder.stats.stacks, unwinder.stats.malformed), (2, 0));
+        assert!(unwinder.stats.binaries >= 1);
+        let mut raw = RawProfile::default();
+        unwinder.finish(&mut raw);
+        // The same stack twice: one key, counted twice, under an unwound id.
+        assert_eq!(raw.oncpu.len(), 1);
+        assert_eq!(raw.oncpu[0].count, 2);
+        let id = raw.oncpu[0].key.user_stack_id as u32;
+        assert!(id >= UNWOUND_ID_BASE);
+        let addrs: Vec<u64> = raw.stacks[&id]
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| lookup_addr(i, *ip))
+            .collect();
+        let names = Symbolizer::new().user(table.get(me).unwrap(), &addrs);
+        let frames: Vec<String> = addrs.iter().flat_map(|a| names[a].clone()).collect();
+        let at = |name: &str| {
+            frames
+                .iter()
+                .position(|f| f.contains(name))
+                .unwrap_or_else(|| panic!("no {name} in {frames:#?}"))
+        };
+        // Leaf first: the copying function, then its callers in order, then the harness.
+        assert!(
+            at("copy_own_stack") < at("inner_unwind_fixture"),
+            "{frames:#?}"
+        );
+        assert!(at("inner_unwind_fixture") < at("outer_unwind_fixture"));
+        assert!(
+            frames.len() > at("outer_unwind_fixture") + 1,
+            "stops at the test function: {frames:#?}"
+        );
+    }
+
+    #[test]
+    fn offcpu_copies_wait_for_their_end_or_the_profile_end() {
+        let me = std::process::id();
+        let mut table = ProcessTable::default();
+        table.observe(me, None);
+        let mut unwinder = StackUnwinder::new();
+        let done = |wait_id: u64, ns: u64| {
+            let mut bytes = stack_copy::OFFCPU_DONE.to_ne_bytes().to_vec();
+            bytes.extend_from_slice(&0u32.to_ne_bytes());
+            bytes.extend_from_slice(&wait_id.to_ne_bytes());
+            bytes.extend_from_slice(&ns.to_ne_bytes());
+            bytes
+        };
+        for wait_id in [7, 8, 9, 10] {
+            unwinder.add(&copy_own_stack(stack_copy::OFFCPU, wait_id), &mut table);
+        }
+        unwinder.add(&done(7, 5000), &mut table);
+        unwinder.add(&done(9, 0), &mut table); // shorter than --min-block: dropped
+        unwinder.add(&done(99, 1), &mut table); // no copy: ignored
+        unwinder.add(&[1, 2], &mut table);
+        assert_eq!(unwinder.stats.malformed, 1);
+        let mut raw = RawProfile {
+            open_copied_waits: vec![(8, 3000)], // wait 10 is neither ended nor open: lost
+            ..Default::default()
+        };
+        unwinder.finish(&mut raw);
+        let total: u64 = raw.offcpu.iter().map(|(_, s)| s.total_ns).sum();
+        let count: u64 = raw.offcpu.iter().map(|(_, s)| s.count).sum();
+        assert_eq!((total, count), (8000, 2));
+        assert!(
+            raw.offcpu
+                .iter()
+                .all(|(k, _)| k.user_stack_id as u32 >= UNWOUND_ID_BASE)
+        );
     }
 }
