@@ -769,7 +769,7 @@ fn unwind(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
     let stats = BpfStats::enable()?;
     let mut ratios = Vec::new();
     let (mut fp_ns, mut dwarf_ns, mut user_us) = (Vec::new(), Vec::new(), Vec::new());
-    let mut run = |mode: &str| -> Result<(Duration, f64, Option<f64>)> {
+    let run = |mode: &str| -> Result<(Duration, f64, Option<f64>)> {
         let agent = Agent::start(
             bin,
             &[
