@@ -130,14 +130,16 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
             kernel_stack_id,
             state,
         },
-        // SAFETY: helper without arguments.
-        wait_id: (now << 8) | u64::from(unsafe { bpf_get_smp_processor_id() } & 0xff),
+        wait_id: 0,
     };
     // `--unwind dwarf|auto`: the user stack goes to user space now, while it is the
     // current task's; frame pointers when over budget or when it cannot be sent.
     let copied = copies_enabled()
         && take_copy_budget()
         && copy_user_stack().is_some_and(|record| {
+            // Unique per CPU and switch: the switch-out time and the CPU.
+            // SAFETY: helper without arguments.
+            out.wait_id = (now << 8) | u64::from(unsafe { bpf_get_smp_processor_id() } & 0xff);
             record.kind = stack_copy::OFFCPU;
             record.tgid = tgid;
             record.kernel_stack_id = kernel_stack_id;

@@ -733,6 +733,16 @@ mod tests {
     }
 
     #[test]
+    fn profile_spec_takes_the_unwind_mode() {
+        assert_eq!(ProfileSpec::default().unwind, UnwindMode::Auto);
+        let spec: ProfileSpec = serde_json::from_str(r#"{"unwind": "dwarf"}"#).unwrap();
+        let request = profile_request(&spec, PathBuf::from("/tmp/x"));
+        assert_eq!(request.unwind.mode, UnwindMode::Dwarf);
+        let err = serde_json::from_str::<ProfileSpec>(r#"{"unwind": "lbr"}"#).unwrap_err();
+        assert!(err.to_string().contains("fp"), "names the choices: {err}");
+    }
+
+    #[test]
     fn profile_spec_rejects_unknown_fields() {
         let err = serde_json::from_str::<ProfileSpec>(r#"{"duraton": 3}"#).unwrap_err();
         assert!(err.to_string().contains("duraton"), "{err}");
