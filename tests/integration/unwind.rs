@@ -41,7 +41,7 @@ fn dwarf_unwinds_c_built_without_frame_pointers_to_main() {
     };
     let workload = Workload::start(fixture_nofp("split"), &[]);
     let pid = workload.pid().to_string();
-    let args = ["--pid", &pid, "--duration", "3", "--frequency", "199"];
+    let args = ["--pid", &pid, "--duration", "4", "--frequency", "199"];
     let out = tempfile::tempdir().unwrap();
     let (folded, stdout) = profile_mode(
         "cpu",
@@ -55,7 +55,7 @@ fn dwarf_unwinds_c_built_without_frame_pointers_to_main() {
         "work_a",
         "work_b",
         "main",
-        3.0 * 199.0,
+        4.0 * 199.0,
     );
     let (reached, total) = share(&folded, "split-nofp", |f| {
         has_chain(f, &["main", "run_rounds", "work_"])
@@ -94,7 +94,7 @@ fn dwarf_unwinds_rust_built_without_frame_pointers_to_main() {
     let (folded, _) = profile_mode(
         "cpu",
         "On-CPU",
-        &["--pid", &pid, "--duration", "3", "--frequency", "199"],
+        &["--pid", &pid, "--duration", "4", "--frequency", "199"],
         out.path(),
     );
     check_split(
@@ -103,7 +103,7 @@ fn dwarf_unwinds_rust_built_without_frame_pointers_to_main() {
         "split::rust_work_a",
         "split::rust_work_b",
         "split::main",
-        3.0 * 199.0,
+        4.0 * 199.0,
     );
     let (reached, total) = share(&folded, "split-rs-nofp", |f| f.contains(&"main"));
     assert!(reached >= 0.95, "{reached:.3} of {total} reach main");

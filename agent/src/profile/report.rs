@@ -130,7 +130,7 @@ impl fmt::Display for ProfileReport {
             writeln!(
                 f,
                 "  stacks: {} {unit} with the user stack lost, {} with the kernel stack lost, \
-                 {} not walkable, {} ({:.1}%) cut short before main/start_thread (frame pointers missing)",
+                 {} not walkable, {} ({:.1}%) cut short before main/start_thread (frame pointers or unwind tables missing, or a stack deeper than the copy)",
                 out.fold.lost_user,
                 out.fold.lost_kernel,
                 out.fold.unwalkable_user,
@@ -203,7 +203,7 @@ impl fmt::Display for ProfileReport {
             writeln!(
                 f,
                 "unwinding ({:?}): {} copied stacks unwound from {} binaries' tables, {:.1} µs each; \
-                 {} incomplete, {} copies cut at the size limit; {} waits over budget and {} \
+                 {} incomplete, {} copies filled --unwind-stack; {} waits over budget and {} \
                  copies lost (ring full) used frame pointers",
                 self.unwind_mode,
                 self.unwind.stacks,
