@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// Which parts to run.
     #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu", "unwind"])]
     only: Vec<Part>,
+    /// `--unwind` of the agent in the overhead, latency and offcpu parts (the unwind part
+    /// compares the modes itself).
+    #[arg(long, default_value = "auto", value_parser = ["fp", "dwarf", "auto"])]
+    unwind: String,
     /// Where the report, profiles and fixtures go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -275,7 +279,15 @@ fn overhead(
     let with = || -> Result<WithRun> {
         let agent = Agent::start(
             bin,
-            &["--all", "--frequency", "99", "--duration", "3600"],
+            &[
+                "--all",
+                "--frequency",
+                "99",
+                "--duration",
+                "3600",
+                "--unwind",
+                &args.unwind,
+            ],
             &profile_dir,
         )?;
         let (cpu0, (ns0, cnt0)) = (cpu_time(agent.pid())?, BpfStats::read()?);
@@ -364,7 +376,15 @@ fn latency(
             .spawn()?;
         let mut agent = Agent::start(
             bin,
-            &["--all", "--frequency", "99", "--duration", "10"],
+            &[
+                "--all",
+                "--frequency",
+                "99",
+                "--duration",
+                "10",
+                "--unwind",
+                &args.unwind,
+            ],
             &profile_dir,
         )?;
         let result = agent.wait();
@@ -617,7 +637,15 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
                     1 => {
                         let agent = Agent::start(
                             bin,
-                            &["--all", "--mode", "offcpu,locks", "--duration", "3600"],
+                            &[
+                                "--all",
+                                "--mode",
+                                "offcpu,locks",
+                                "--duration",
+                                "3600",
+                                "--unwind",
+                                &args.unwind,
+                            ],
                             &dir,
                         )?;
                         let (cpu0, (ns0, cnt0)) = (cpu_time(agent.pid())?, BpfStats::read()?);
@@ -692,8 +720,9 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
         let ratio =
             |with: &[f64]| -> Vec<f64> { with.iter().zip(&base).map(|(w, b)| w / b).collect() };
         let mut text = format!(
-            "## Off-CPU and locks: pipe ping-pong (~{:.0}k context switches/s), `--all --mode offcpu,locks`\n\n",
-            switch_rate / 1e3
+            "## Off-CPU and locks: pipe ping-pong (~{:.0}k context switches/s), `--all --mode offcpu,locks --unwind {}`\n\n",
+            switch_rate / 1e3,
+            args.unwind
         );
         writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
         for (name, r) in [
