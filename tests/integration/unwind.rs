@@ -2,11 +2,19 @@
 //! built with -fomit-frame-pointer, a Rust one without frame pointers, and Debian's glibc)
 //! are whole when unwound with .eh_frame, and cut short with `--unwind fp`.
 
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
 use hindsight::profile::stack::Folded;
 
 use crate::{
     profile::{check_split, profile_mode, sampled_seconds},
-    support::{Workload, fixture, fixture_nofp, require_root, split_rust_nofp},
+    support::{
+        Workload, fixture, fixture_nofp, hindsight_bin, require_root, split_rust_nofp, text,
+    },
 };
 
 /// Share of the weight of `comm`'s stacks that contain a frame matching `pred`.
@@ -189,4 +197,46 @@ fn dwarf_unwinds_mutex_waits_through_glibc_to_the_locking_function() {
             "{mode}: {whole:.3} of {total} whole chains, {futex_share:.3} futex waits\n{stdout}"
         );
     }
+}
+
+/// A process without frame pointers that starts and exits while `--all` records is
+/// unwound from the tables of its binary read after it is gone (through the file the
+/// process table held open), up to main.
+#[test]
+fn dwarf_unwinds_a_process_that_exited_during_the_profile() {
+    let Some(_serial) = require_root("dwarf_unwinds_a_process_that_exited_during_the_profile")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // A unique name, and a binary deleted before the profile ends.
+    let binary = tmp.path().join("shortnofp");
+    fs::copy(fixture_nofp("split"), &binary).unwrap();
+    let out = tmp.path().join("out");
+    let profiler = Command::new(hindsight_bin())
+        .args(["profile", "--all", "--duration", "4", "--frequency", "199"])
+        .args(["--unwind", "dwarf", "--output-dir"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let status = Command::new(&binary)
+        .args(["3", "1", "1.5"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    fs::remove_file(&binary).unwrap();
+    let output = profiler.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let folded = Folded::read_from(&fs::read(out.join("cpu.folded")).unwrap()[..]).unwrap();
+    let (reached, total) = share(&folded, "shortnofp", |f| {
+        has_chain(f, &["main", "run_rounds", "work_"])
+    });
+    assert!(total > 60, "{total} samples of the short-lived fixture");
+    assert!(
+        reached >= 0.95,
+        "{reached:.3} of {total} reach main -> run_rounds -> work_*"
+    );
 }
