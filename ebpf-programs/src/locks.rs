@@ -17,9 +17,12 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuHashMap},
     programs::{RawTracePointContext, TracePointContext},
 };
-use hindsight_common::{Counter, LockKey, WaitStats, errno, lock_flags};
+use hindsight_common::{Counter, LockKey, WaitStats, errno, lock_flags, stack_copy};
 
-use crate::shared::{USER_STACK, add_wait, announce, count, selected, stack_id};
+use crate::shared::{
+    USER_STACK, add_wait, announce, copies_enabled, copy_user_stack, count, selected, send_copy,
+    stack_id, take_copy_budget,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -56,10 +59,44 @@ fn finish(starts: &HashMap<u32, WaitStart>, pid: u32, lock: Option<u64>) {
         return; // the end of another lock's wait: ours is still open
     }
     let _ = starts.remove(&pid);
-    if add_wait(&LOCKS, &start.key, now().saturating_sub(start.ts)) {
+    let waited = now().saturating_sub(start.ts);
+    let mut key = start.key;
+    if key.user_stack_id == stack_copy::COPIED {
+        // The waiter is the current task, its user stack unchanged since the wait began:
+        // copy it now, for user space to unwind.
+        match copy_user_stack() {
+            Some(record) => {
+                record.kind = stack_copy::LOCK;
+                record.tgid = key.tgid;
+                record.kernel_stack_id = key.kernel_stack_id;
+                record.extra = key.flags;
+                record.lock_addr = key.lock_addr;
+                record.value = waited;
+                if send_copy(record) {
+                    count(Counter::LockRecorded);
+                    return;
+                }
+                key.user_stack_id = -errno::ENODATA; // shown as a lost stack
+            }
+            // A kernel thread: no user stack, as a frame-pointer walk would say.
+            None => key.user_stack_id = -errno::EFAULT,
+        }
+    }
+    if add_wait(&LOCKS, &key, waited) {
         count(Counter::LockRecorded);
     } else {
         count(Counter::LockMapFull);
+    }
+}
+
+/// The waiter's user stack id, or `COPIED` when it is to be copied at the wait's end
+/// (`--unwind dwarf|auto`, within the budget).
+#[inline(always)]
+fn user_stack<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i32 {
+    if copies_enabled() && take_copy_budget() {
+        stack_copy::COPIED
+    } else {
+        stack_id(ctx, USER_STACK)
     }
 }
 
@@ -77,7 +114,7 @@ pub fn lock_contention_begin(ctx: RawTracePointContext) -> i32 {
         key: LockKey {
             lock_addr: lock,
             tgid,
-            user_stack_id: stack_id(&ctx, USER_STACK),
+            user_stack_id: user_stack(&ctx),
             kernel_stack_id: stack_id(&ctx, 0),
             flags: flags & !lock_flags::FUTEX,
         },
@@ -126,7 +163,7 @@ fn futex_wait_begins(ctx: &TracePointContext) {
         key: LockKey {
             lock_addr: uaddr,
             tgid,
-            user_stack_id: stack_id(ctx, USER_STACK),
+            user_stack_id: user_stack(ctx),
             // The kernel side of a futex wait is always the same syscall path.
             kernel_stack_id: -errno::EFAULT,
             flags: lock_flags::FUTEX,

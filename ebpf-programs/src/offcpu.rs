@@ -22,15 +22,21 @@ use aya_ebpf::{
     bindings::BPF_ANY,
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_task_pt_regs,
+        bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_task_pt_regs,
     },
     macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuHashMap},
     programs::RawTracePointContext,
 };
-use hindsight_common::{Counter, OffCpuKey, OffCpuStart, WaitStats, offcpu_state};
+use hindsight_common::{
+    Counter, OffCpuKey, OffCpuStart, WaitDone, WaitStats, offcpu_state, stack_copy,
+};
 
-use crate::shared::{USER_STACK, add_wait, announce, count, selected, stack_id};
+use crate::shared::{
+    STACK_COPIES, USER_STACK, add_wait, announce, copies_enabled, copy_user_stack, count, selected,
+    send_copy, stack_id, take_copy_budget,
+};
 
 /// Waits shorter than this are not recorded (`--min-block`).
 #[unsafe(no_mangle)]
@@ -107,7 +113,26 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
         if out.ts != 0 {
             let waited = now.saturating_sub(out.ts);
             out.ts = 0;
-            if waited < MIN_BLOCK_NS.load() {
+            if out.key.user_stack_id == stack_copy::COPIED {
+                // Its stack went to user space at switch-out: so does its end (0: too short).
+                let done = WaitDone {
+                    kind: stack_copy::OFFCPU_DONE,
+                    _pad: 0,
+                    wait_id: out.wait_id,
+                    ns: if waited < MIN_BLOCK_NS.load() {
+                        0
+                    } else {
+                        waited
+                    },
+                };
+                if STACK_COPIES.output(&done, 0).is_err() {
+                    count(Counter::StackCopyLost);
+                } else if done.ns == 0 {
+                    count(Counter::OffCpuSkipped);
+                } else {
+                    count(Counter::OffCpuRecorded);
+                }
+            } else if waited < MIN_BLOCK_NS.load() {
                 count(Counter::OffCpuSkipped);
             } else if add_wait(&OFFCPU, &out.key, waited) {
                 count(Counter::OffCpuRecorded);
@@ -130,10 +155,40 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
         count(Counter::OffCpuSkipped);
         return 0; // before the stack walks, which are the cost
     }
-    let user_stack_id = stack_id(&ctx, USER_STACK);
     let syscall = current_syscall();
     announce(&ctx, tgid);
     count(Counter::OffCpuSwitchOut);
+    // `--unwind dwarf|auto`: the user stack goes to user space now, while it is the
+    // current task's; frame pointers when over budget or when it cannot be sent.
+    let mut walked_kernel = None;
+    if copies_enabled() && take_copy_budget() {
+        let kernel_stack_id = stack_id(&ctx, 0);
+        walked_kernel = Some(kernel_stack_id);
+        // Unique per CPU and switch: the switch-out time and the CPU.
+        // SAFETY: helper without arguments.
+        let wait_id = (now << 8) | u64::from(unsafe { bpf_get_smp_processor_id() } & 0xff);
+        let copied = copy_user_stack().is_some_and(|record| {
+            record.kind = stack_copy::OFFCPU;
+            record.tgid = tgid;
+            record.kernel_stack_id = kernel_stack_id;
+            record.extra = state;
+            record.lock_addr = 0;
+            record.value = wait_id;
+            send_copy(record)
+        });
+        if copied {
+            let key = OffCpuKey {
+                tgid,
+                user_stack_id: stack_copy::COPIED,
+                kernel_stack_id,
+                state,
+            };
+            open_wait(prev, now, key, syscall, wait_id);
+            return 0;
+        }
+    }
+    // Frame pointers: the user stack is walked every time; the kernel stack may be reused.
+    let user_stack_id = stack_id(&ctx, USER_STACK);
     if let Some(last) = OFFCPU_START.get_ptr_mut(&prev) {
         // SAFETY: a valid map value; `prev` is the current task, and only its own
         // switch-out (here) and switch-in (after this) write its entry.
@@ -144,37 +199,47 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
             && user_stack_id >= 0
             && last.key.user_stack_id == user_stack_id
             && last.key.kernel_stack_id >= 0;
-        if same_place && last.reuses < KERNEL_STACK_REUSES.load() {
+        if walked_kernel.is_none() && same_place && last.reuses < KERNEL_STACK_REUSES.load() {
             last.reuses += 1;
+            last.ts = now;
             count(Counter::OffCpuKernelStackReused);
-        } else {
-            last.key = OffCpuKey {
-                tgid,
-                user_stack_id,
-                kernel_stack_id: stack_id(&ctx, 0),
-                state,
-            };
-            last.reuses = 0;
-            last.syscall = syscall;
+            return 0;
         }
+    }
+    let key = OffCpuKey {
+        tgid,
+        user_stack_id,
+        kernel_stack_id: walked_kernel.unwrap_or_else(|| stack_id(&ctx, 0)),
+        state,
+    };
+    open_wait(prev, now, key, syscall, 0);
+    0
+}
+
+/// Opens the wait of the task `prev` (the current one) with freshly walked stacks: its
+/// entry is rewritten in place, or inserted.
+#[inline(always)]
+fn open_wait(prev: u64, now: u64, key: OffCpuKey, syscall: i32, wait_id: u64) {
+    if let Some(last) = OFFCPU_START.get_ptr_mut(&prev) {
+        // SAFETY: as in `offcpu_switch`: only this task's own switches write its entry.
+        let last = unsafe { &mut *last };
+        last.key = key;
+        last.reuses = 0;
+        last.syscall = syscall;
+        last.wait_id = wait_id;
         last.ts = now;
-        return 0;
+        return;
     }
     let out = OffCpuStart {
         ts: now,
-        key: OffCpuKey {
-            tgid,
-            user_stack_id,
-            kernel_stack_id: stack_id(&ctx, 0),
-            state,
-        },
+        key,
         reuses: 0,
         syscall,
+        wait_id,
     };
     if OFFCPU_START.insert(&prev, &out, BPF_ANY as u64).is_err() {
         count(Counter::OffCpuMapFull);
     }
-    0
 }
 
 // Keeps `WaitStats` referenced for the map's BTF even if the optimizer inlines everything.

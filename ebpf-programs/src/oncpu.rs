@@ -10,9 +10,11 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
     programs::PerfEventContext,
 };
-use hindsight_common::{Counter, StackKey, errno};
+use hindsight_common::{Counter, StackKey, errno, stack_copy};
 
-use crate::shared::{USER_STACK, announce, count, selected, stack_id};
+use crate::shared::{
+    USER_STACK, announce, copies_enabled, copy_user_stack, count, selected, send_copy, stack_id,
+};
 
 /// Sample counts, per CPU: there is no atomic add for the BPF target in Rust, and a per-CPU
 /// value needs none since a CPU runs one sample at a time. User space sums the CPUs.
@@ -31,12 +33,29 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
         count(Counter::FilteredOut);
         return 0;
     }
+    let kernel_stack_id = stack_id(&ctx, 0);
+    announce(&ctx, tgid);
+    // `--unwind dwarf|auto`: the user stack goes to user space to be unwound; frame
+    // pointers when it cannot (no user registers, ring buffer full).
+    if copies_enabled()
+        && let Some(record) = copy_user_stack()
+    {
+        record.kind = stack_copy::ONCPU;
+        record.tgid = tgid;
+        record.kernel_stack_id = kernel_stack_id;
+        record.extra = 0;
+        record.lock_addr = 0;
+        record.value = 1;
+        if send_copy(record) {
+            count(Counter::Recorded);
+            return 0;
+        }
+    }
     let key = StackKey {
         tgid,
         user_stack_id: stack_id(&ctx, USER_STACK),
-        kernel_stack_id: stack_id(&ctx, 0),
+        kernel_stack_id,
     };
-    announce(&ctx, tgid);
     add_sample(&key);
     0
 }

@@ -3,13 +3,18 @@
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::BPF_NOEXIST,
-    helpers::bpf_get_current_cgroup_id,
+    bindings::{BPF_NOEXIST, pt_regs},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+    },
     macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{RawTracePointContext, tracing::StackIdContext},
 };
-use hindsight_common::{Counter, NewProcess, WaitStats, errno, filter};
+use hindsight_common::{
+    CopyBudget, Counter, NewProcess, STACK_COPY_MAX, StackCopy, WaitStats, errno, filter,
+};
 
 /// Which filters are on (`hindsight_common::filter` bits); set by the loader.
 #[unsafe(no_mangle)]
@@ -158,4 +163,153 @@ pub fn add_wait<K>(map: &PerCpuHashMap<K, WaitStats>, key: &K, ns: u64) -> bool 
         }
     }
     false
+}
+
+/// Bytes of user stack each copy takes (`--unwind-stack`); 0: no copies (`--unwind fp`).
+#[unsafe(no_mangle)]
+static STACK_COPY_BYTES: Global<u32> = Global::new(0);
+
+/// Copies per second and CPU allowed for off-CPU and lock waits; 0: no limit.
+#[unsafe(no_mangle)]
+static COPY_BUDGET_PER_SEC: Global<u64> = Global::new(0);
+
+/// This CPU's record under construction (too big for the 512-byte BPF stack).
+#[map]
+static COPY_SCRATCH: PerCpuArray<StackCopy> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's budget window for wait copies.
+#[map]
+static COPY_BUDGET: PerCpuArray<CopyBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copied user stacks (`StackCopy`, cut after the copied bytes) and off-CPU wait ends
+/// (`WaitDone`), for user space to unwind. Its size is set by the loader.
+#[map]
+pub static STACK_COPIES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Whether user stacks are copied for DWARF unwinding (`--unwind dwarf|auto`).
+#[inline(always)]
+pub fn copies_enabled() -> bool {
+    STACK_COPY_BYTES.load() != 0
+}
+
+/// Takes one wait copy from this CPU's budget; false (counted) when it is spent.
+#[inline(always)]
+pub fn take_copy_budget() -> bool {
+    let per_sec = COPY_BUDGET_PER_SEC.load();
+    if per_sec == 0 {
+        return true;
+    }
+    let Some(budget) = COPY_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; one program per CPU at a time.
+    let budget = unsafe { &mut *budget };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(budget.window_start) >= 1_000_000_000 {
+        budget.window_start = now;
+        budget.used = 0;
+    }
+    if budget.used >= per_sec {
+        count(Counter::StackCopyOverBudget);
+        return false;
+    }
+    budget.used += 1;
+    true
+}
+
+const CHUNK: usize = 512;
+
+/// Fills this CPU's scratch record with the current task's user registers and the stack
+/// from its `sp` up, in chunks until the size limit or the first unreadable byte (the
+/// stack's end is not known here). `None` (counted) for a task without user registers.
+#[inline(always)]
+pub fn copy_user_stack() -> Option<&'static mut StackCopy> {
+    let record = COPY_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot of a per-CPU array; one program per CPU at a time.
+    let record = unsafe { &mut *record };
+    // SAFETY: helpers for the current task; the BTF task pointer goes straight to
+    // bpf_task_pt_regs, whose result is only read through bpf_probe_read_kernel.
+    let regs = unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        bpf_probe_read_kernel(regs).ok()?
+    };
+    // The saved registers are user ones only if the task entered the kernel from user mode
+    // (CPL 3); a kernel thread has none.
+    if regs.cs & 3 != 3 {
+        count(Counter::StackCopyNoRegs);
+        return None;
+    }
+    record.ip = regs.rip;
+    record.sp = regs.rsp;
+    record.bp = regs.rbp;
+    let limit = STACK_COPY_BYTES.load() as usize;
+    let base = record.stack.as_mut_ptr();
+    let mut len = 0usize;
+    let mut faulted = false;
+    for i in 0..STACK_COPY_MAX / CHUNK {
+        let off = i * CHUNK;
+        if off + CHUNK > limit {
+            break;
+        }
+        // SAFETY: `off + CHUNK <= STACK_COPY_MAX`: inside `stack`; the helper checks the
+        // user address.
+        let ret = unsafe {
+            bpf_probe_read_user(
+                base.add(off).cast(),
+                CHUNK as u32,
+                (regs.rsp + off as u64) as *const _,
+            )
+        };
+        if ret != 0 {
+            faulted = true;
+            break;
+        }
+        len = off + CHUNK;
+    }
+    if faulted {
+        // The stack ends inside this chunk: take what is readable of it, halving.
+        let mut size = CHUNK / 2;
+        while size >= 8 {
+            if len + size <= STACK_COPY_MAX {
+                // SAFETY: bounds checked just above.
+                let ret = unsafe {
+                    bpf_probe_read_user(
+                        base.add(len).cast(),
+                        size as u32,
+                        (regs.rsp + len as u64) as *const _,
+                    )
+                };
+                if ret == 0 {
+                    len += size;
+                }
+            }
+            size /= 2;
+        }
+    } else {
+        count(Counter::StackCopyTruncated);
+    }
+    record.len = len as u32;
+    record.truncated = u32::from(!faulted);
+    Some(record)
+}
+
+/// Sends a filled record, cut after its copied bytes. False (counted) if the ring is full.
+#[inline(always)]
+pub fn send_copy(record: &StackCopy) -> bool {
+    let size = StackCopy::HEADER + record.len as usize;
+    if size > size_of::<StackCopy>() {
+        return false;
+    }
+    // SAFETY: `size` is within the record (checked above); `StackCopy` is plain data.
+    let bytes =
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(record).cast::<u8>(), size) };
+    if STACK_COPIES.output(bytes, 0).is_ok() {
+        count(Counter::StackCopied);
+        true
+    } else {
+        count(Counter::StackCopyLost);
+        false
+    }
 }

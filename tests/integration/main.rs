@@ -6,3 +6,4 @@ mod capture;
 mod daemon;
 mod profile;
 mod support;
+mod unwind;

@@ -25,7 +25,7 @@ fn profile(args: &[&str], out: &Path) -> (Folded, String) {
 
 /// `hindsight profile --mode MODE ARGS` into `out`: MODE's folded stacks and the summary.
 /// The SVG must exist and carry `title`.
-fn profile_mode(mode: &str, title: &str, args: &[&str], out: &Path) -> (Folded, String) {
+pub(crate) fn profile_mode(mode: &str, title: &str, args: &[&str], out: &Path) -> (Folded, String) {
     let mut all = vec![
         "profile",
         "--mode",
@@ -87,7 +87,14 @@ fn assert_chains_from_main(folded: &Folded, function: &str, main: &str) {
     }
 }
 
-fn check_split(folded: &Folded, comm: &str, a: &str, b: &str, main: &str, expected_samples: f64) {
+pub(crate) fn check_split(
+    folded: &Folded,
+    comm: &str,
+    a: &str,
+    b: &str,
+    main: &str,
+    expected_samples: f64,
+) {
     let (share_a, total) = share_within(folded, comm, a);
     let (share_b, _) = share_within(folded, comm, b);
     // A busy machine gives the fixture less than a whole CPU: ask only for enough samples
@@ -398,12 +405,20 @@ fn ebpf_object_loads_and_every_program_attaches() {
     let Some(_serial) = require_root("ebpf_object_loads_and_every_program_attaches") else {
         return;
     };
-    use hindsight::bpf::{BpfError, Counter, KernelFilter, MapSizes, Session, SessionConfig};
+    use hindsight::bpf::{
+        BpfError, Counter, KernelFilter, MapSizes, Session, SessionConfig, UnwindMode,
+        UnwindSettings,
+    };
     let config = SessionConfig {
         oncpu_hz: Some(999),
         offcpu: Some(Default::default()),
         locks: true,
         sizes: MapSizes::default(),
+        // The kernel-side aggregation this test reads; copies are tested in `unwind`.
+        unwind: UnwindSettings {
+            mode: UnwindMode::Fp,
+            ..Default::default()
+        },
     };
     let me = std::process::id();
     // The agent excludes its own process; a child process does the work here.
@@ -512,10 +527,12 @@ fn offcpu_kernel_stack_reuse_keeps_distinct_kernel_paths_apart() {
     let workload = Workload::start(fixture("twopaths"), &[]);
     let out = tempfile::tempdir().unwrap();
     let pid = workload.pid().to_string();
+    // Frame pointers: waits whose user stack is copied for DWARF unwinding (`auto`, within
+    // its budget) always walk their kernel stack.
     let (folded, stdout) = profile_mode(
         "offcpu",
         "Off-CPU time (µs blocked)",
-        &["--pid", &pid, "--duration", "3"],
+        &["--pid", &pid, "--duration", "3", "--unwind", "fp"],
         out.path(),
     );
     // The summary says how many switch-outs reused a kernel stack: this test is only
@@ -636,7 +653,7 @@ fn kernel_lock_contention_shows_the_lock_kind() {
 }
 
 /// The duration actually recorded, from the summary ("recorded ... for 3.0 s").
-fn sampled_seconds(stdout: &str) -> f64 {
+pub(crate) fn sampled_seconds(stdout: &str) -> f64 {
     stdout
         .lines()
         .find_map(|l| {

@@ -78,40 +78,59 @@ pub fn split_c() -> &'static Path {
 
 /// tests/fixtures/NAME.c built once per test run, with frame pointers and debug info.
 pub fn fixture(name: &str) -> &'static Path {
+    fixture_built(name, "", "-fno-omit-frame-pointer")
+}
+
+/// tests/fixtures/NAME.c built without frame pointers (`NAME-nofp`), as distro binaries
+/// are: only DWARF unwinding (.eh_frame) walks through it.
+pub fn fixture_nofp(name: &str) -> &'static Path {
+    fixture_built(name, "-nofp", "-fomit-frame-pointer")
+}
+
+fn fixture_built(name: &str, suffix: &str, frame_pointers: &str) -> &'static Path {
     static BUILT: Mutex<Vec<(String, &'static Path)>> = Mutex::new(Vec::new());
     let mut built = BUILT
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+    let binary = format!("{name}{suffix}");
+    if let Some((_, path)) = built.iter().find(|(n, _)| *n == binary) {
         return path;
     }
-    let out = fixture_dir().join(name);
+    let out = fixture_dir().join(&binary);
     run_build(
         Command::new("cc")
-            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .args(["-O2", "-g", frame_pointers, "-pthread", "-o"])
             .arg(&out)
             .arg(source(&format!("{name}.c"))),
     );
     let path: &'static Path = Box::leak(out.into_boxed_path());
-    built.push((name.to_owned(), path));
+    built.push((binary, path));
     path
 }
 
 /// tests/fixtures/split.rs built with frame pointers: `rust_work_a` and `rust_work_b`.
 pub fn split_rust() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = fixture_dir().join("split-rs");
-        // The toolchain that builds this test builds the fixture too (rust-toolchain.toml).
-        run_build(
-            Command::new("rustc")
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args(["-O", "-g", "-C", "force-frame-pointers=yes", "-o"])
-                .arg(&out)
-                .arg(source("split.rs")),
-        );
-        out
-    })
+    BIN.get_or_init(|| build_split_rust("split-rs", "force-frame-pointers=yes"))
+}
+
+/// tests/fixtures/split.rs built without frame pointers (rustc's default on x86-64).
+pub fn split_rust_nofp() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_split_rust("split-rs-nofp", "force-frame-pointers=no"))
+}
+
+fn build_split_rust(binary: &str, frame_pointers: &str) -> PathBuf {
+    let out = fixture_dir().join(binary);
+    // The toolchain that builds this test builds the fixture too (rust-toolchain.toml).
+    run_build(
+        Command::new("rustc")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["-O", "-g", "-C", frame_pointers, "-o"])
+            .arg(&out)
+            .arg(source("split.rs")),
+    );
+    out
 }
 
 /// A fixture process, killed when dropped.

@@ -8,6 +8,10 @@
 //!   (kernel.bpf_stats_enabled, restored afterwards) over the CPU time available;
 //! - latency and memory: `--all` for 10 s at 99 Hz with every CPU busy: the time from the
 //!   end of sampling to the written SVG, and the agent's peak RSS;
+//! - unwind: `--unwind dwarf` against `--unwind fp`: the CPU-bound overhead with a
+//!   workload built without frame pointers, the cost per sample in the kernel and in the
+//!   user-space unwinder, and the share of stacks that reach the application's functions
+//!   on the fixtures built without frame pointers (and through glibc) before and after;
 //! - fidelity: the 3:1 split fixture profiled by hindsight and by `perf record -e cpu-clock
 //!   -F 99 -g` at the same time, perf's output folded with inferno; top-function shares.
 
@@ -38,8 +42,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu"])]
+    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu", "unwind"])]
     only: Vec<Part>,
+    /// `--unwind` of the agent in the overhead, latency and offcpu parts (the unwind part
+    /// compares the modes itself).
+    #[arg(long, default_value = "auto", value_parser = ["fp", "dwarf", "auto"])]
+    unwind: String,
     /// Where the report, profiles and fixtures go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -52,6 +60,8 @@ enum Part {
     Fidelity,
     /// Off-CPU and locks on a context-switch-heavy workload, beside bpftrace.
     Offcpu,
+    /// DWARF unwinding against frame pointers: cost and whole stacks.
+    Unwind,
 }
 
 pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
@@ -75,6 +85,9 @@ pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
     }
     if args.only.contains(&Part::Offcpu) {
         report += &offcpu(ws, &bin, &out, args, cpus)?;
+    }
+    if args.only.contains(&Part::Unwind) {
+        report += &unwind(ws, &bin, &out, args, cpus)?;
     }
     println!("\n{report}");
     fs::write(out.join("report.md"), &report)?;
@@ -266,7 +279,15 @@ fn overhead(
     let with = || -> Result<WithRun> {
         let agent = Agent::start(
             bin,
-            &["--all", "--frequency", "99", "--duration", "3600"],
+            &[
+                "--all",
+                "--frequency",
+                "99",
+                "--duration",
+                "3600",
+                "--unwind",
+                &args.unwind,
+            ],
             &profile_dir,
         )?;
         let (cpu0, (ns0, cnt0)) = (cpu_time(agent.pid())?, BpfStats::read()?);
@@ -355,7 +376,15 @@ fn latency(
             .spawn()?;
         let mut agent = Agent::start(
             bin,
-            &["--all", "--frequency", "99", "--duration", "10"],
+            &[
+                "--all",
+                "--frequency",
+                "99",
+                "--duration",
+                "10",
+                "--unwind",
+                &args.unwind,
+            ],
             &profile_dir,
         )?;
         let result = agent.wait();
@@ -615,7 +644,15 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
         time_pingpong(&pingpong)?;
         let switch_rate = (context_switches()? - ctxt0) as f64 / t0.elapsed().as_secs_f64();
         let run_ours = |extra: &[&str]| -> Result<OffCpuRun> {
-            let mut agent_args = vec!["--all", "--mode", "offcpu,locks", "--duration", "3600"];
+            let mut agent_args = vec![
+                "--all",
+                "--mode",
+                "offcpu,locks",
+                "--duration",
+                "3600",
+                "--unwind",
+                &args.unwind,
+            ];
             agent_args.extend_from_slice(extra);
             let agent = Agent::start(bin, &agent_args, &dir)?;
             let (cpu0, (ns0, cnt0)) = (cpu_time(agent.pid())?, BpfStats::read()?);
@@ -715,8 +752,9 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
         let ratio =
             |with: &[f64]| -> Vec<f64> { with.iter().zip(&base).map(|(w, b)| w / b).collect() };
         let mut text = format!(
-            "## Off-CPU and locks: pipe ping-pong (~{:.0}k context switches/s), `--all --mode offcpu,locks`\n\n",
-            switch_rate / 1e3
+            "## Off-CPU and locks: pipe ping-pong (~{:.0}k context switches/s), `--all --mode offcpu,locks --unwind {}`\n\n",
+            switch_rate / 1e3,
+            args.unwind
         );
         writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
         for (name, r) in [
@@ -761,4 +799,171 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
         let _ = Command::new("umount").arg("/sys/kernel/tracing").status();
     }
     result
+}
+
+/// The user-space unwinder's time per stack from the summary's `unwinding (...)` line.
+fn unwind_micros(stdout: &str) -> Option<f64> {
+    let line = stdout.lines().find(|l| l.starts_with("unwinding ("))?;
+    line.split(" µs each")
+        .next()?
+        .rsplit(", ")
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Share of the weight of `comm`'s folded stacks that pass through `function`.
+fn folded_share(path: &Path, comm: &str, function: &str) -> Result<f64> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (mut total, mut hit) = (0u64, 0u64);
+    for line in text.lines() {
+        let Some((stack, n)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let mut frames = stack.split(';');
+        if frames.next() != Some(comm) {
+            continue;
+        }
+        let n: u64 = n.parse()?;
+        total += n;
+        if frames.any(|f| f == function) {
+            hit += n;
+        }
+    }
+    ensure!(total > 0, "no stacks of {comm} in {}", path.display());
+    Ok(hit as f64 / total as f64)
+}
+
+fn unwind(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize) -> Result<String> {
+    let dir = out.join("unwind");
+    fs::create_dir_all(&dir)?;
+    let nofp = ["-fomit-frame-pointer"];
+    // Distinct names: build_fixture names the binary after its source.
+    let burn = build_fixture(ws, &dir, "burn", &nofp)?;
+    let stats = BpfStats::enable()?;
+    let mut ratios = Vec::new();
+    let (mut fp_ns, mut dwarf_ns, mut user_us) = (Vec::new(), Vec::new(), Vec::new());
+    let run = |mode: &str| -> Result<(Duration, f64, Option<f64>)> {
+        let agent = Agent::start(
+            bin,
+            &[
+                "--all",
+                "--frequency",
+                "99",
+                "--duration",
+                "3600",
+                "--unwind",
+                mode,
+            ],
+            &dir,
+        )?;
+        let (ns0, cnt0) = BpfStats::read()?;
+        let wall = time_workload(&burn, args.iterations, cpus)?;
+        let (ns1, cnt1) = BpfStats::read()?;
+        let (stdout, _) = agent.finish()?;
+        Ok((
+            wall,
+            (ns1 - ns0) as f64 / (cnt1 - cnt0).max(1) as f64,
+            unwind_micros(&stdout),
+        ))
+    };
+    time_workload(&burn, args.iterations / 4, cpus)?; // warm-up
+    for pair in 0..args.pairs.div_ceil(2) {
+        let order = if pair % 2 == 0 {
+            ["fp", "dwarf"]
+        } else {
+            ["dwarf", "fp"]
+        };
+        let mut walls = [Duration::ZERO; 2];
+        for mode in order {
+            let (wall, per_run, micros) = run(mode)?;
+            if mode == "fp" {
+                walls[0] = wall;
+                fp_ns.push(per_run);
+            } else {
+                walls[1] = wall;
+                dwarf_ns.push(per_run);
+                user_us.extend(micros);
+            }
+        }
+        let ratio = walls[1].as_secs_f64() / walls[0].as_secs_f64();
+        println!(
+            "xtask: bench: unwind pair {pair}: fp {:.3} s, dwarf {:.3} s (ratio {ratio:.4})",
+            walls[0].as_secs_f64(),
+            walls[1].as_secs_f64()
+        );
+        ratios.push(ratio);
+    }
+    drop(stats);
+
+    // Whole stacks: fixtures built without frame pointers, and glibc (the mutex fixture).
+    let split = build_fixture(ws, &dir, "split", &nofp)?;
+    let nap = build_fixture(ws, &dir, "nap", &nofp)?;
+    let mutex = build_fixture(ws, &dir, "mutex", &[])?;
+    let cases: [(&Path, &[&str], &str, &str, &str); 4] = [
+        (&split, &[], "cpu", "split", "main"),
+        (&nap, &[], "offcpu", "nap", "nap_loop"),
+        (&mutex, &["4"], "locks", "mutex", "post_to_ledger"),
+        (&mutex, &["4"], "offcpu", "mutex", "post_to_ledger"),
+    ];
+    let mut text = String::from(
+        "## Unwinding: `--unwind dwarf` against `--unwind fp`\n\n\
+         CPU-bound: `--all` at 99 Hz, the overhead workload built with -fomit-frame-pointer.\n\n",
+    );
+    writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
+    row(&mut text, "wall-clock ratio dwarf/fp", &ratios, |x| {
+        format!("{:+.2}%", (x - 1.0) * 100.0)
+    });
+    row(&mut text, "BPF cost per sample, fp", &fp_ns, |x| {
+        format!("{x:.0} ns")
+    });
+    row(
+        &mut text,
+        "BPF cost per sample, dwarf (stack copy)",
+        &dwarf_ns,
+        |x| format!("{x:.0} ns"),
+    );
+    row(
+        &mut text,
+        "user-space unwinder per stack, dwarf",
+        &user_us,
+        |x| format!("{x:.1} µs"),
+    );
+    writeln!(
+        text,
+        "\n| fixture (mode) | stacks through | fp | dwarf | auto |\n|---|---|---|---|---|"
+    )?;
+    for (binary, fixture_args, mode, comm, function) in cases {
+        let mut workload = Command::new(binary)
+            .args(fixture_args)
+            .stdout(Stdio::null())
+            .spawn()?;
+        let pid = workload.id().to_string();
+        let mut shares = Vec::new();
+        for unwind in ["fp", "dwarf", "auto"] {
+            let profile_dir = dir.join(format!("{comm}-{mode}-{unwind}"));
+            run_checked(
+                Command::new(bin)
+                    .args(["profile", "--pid", &pid, "--duration", "3", "--mode", mode])
+                    .args(["--unwind", unwind, "--output-dir"])
+                    .arg(&profile_dir),
+            )?;
+            shares.push(folded_share(
+                &profile_dir.join(format!("{mode}.folded")),
+                comm,
+                function,
+            )?);
+        }
+        workload.kill()?;
+        workload.wait()?;
+        writeln!(
+            text,
+            "| {comm} ({mode}) | {function} | {:.1}% | {:.1}% | {:.1}% |",
+            shares[0] * 100.0,
+            shares[1] * 100.0,
+            shares[2] * 100.0
+        )?;
+    }
+    text.push('\n');
+    Ok(text)
 }

@@ -8,11 +8,13 @@ pub mod offcpu;
 pub mod oncpu;
 mod privileges;
 pub mod session;
+pub mod stackcopy;
 mod tracefs;
 
 pub use hindsight_common::Counter;
 pub use privileges::check_privileges;
 pub use session::{Counters, KernelFilter, MapSizes, RawProfile, Session, SessionConfig};
+pub use stackcopy::{CopyEvent, UnwindMode, UnwindSettings};
 
 /// The eBPF object built by build.rs (ebpf-programs, with BTF).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hindsight-probes"));

@@ -7,7 +7,7 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, PerCpuHashMap},
 };
-use hindsight_common::{OffCpuKey, OffCpuStart, WaitStats, offcpu_state};
+use hindsight_common::{OffCpuKey, OffCpuStart, WaitStats, offcpu_state, stack_copy};
 
 use super::{
     BpfError,
@@ -97,17 +97,22 @@ pub(super) fn attach(ebpf: &mut Ebpf) -> Result<(), BpfError> {
     attach_raw_tracepoint(ebpf, "offcpu_switch", "sched_switch")
 }
 
+/// Off-CPU waits whose user stack was copied, still open at the end: (wait id, ns).
+type OpenCopiedWaits = Vec<(u64, u64)>;
+
 /// The completed waits, plus the waits still open at `stopped_ns` (CLOCK_MONOTONIC): a
-/// thread blocked when the profile ends counts up to that moment.
+/// thread blocked when the profile ends counts up to that moment. Open waits whose user
+/// stack was copied are returned apart, for the unwinder to match with their copy.
 pub(super) fn drain(
     ebpf: &Ebpf,
     settings: &OffCpuSettings,
     stopped_ns: u64,
-) -> Result<Vec<(OffCpuKey, WaitStats)>, BpfError> {
+) -> Result<(Vec<(OffCpuKey, WaitStats)>, OpenCopiedWaits), BpfError> {
     let mut waits: HashMap<OffCpuKey, WaitStats> =
         drain_waits(ebpf, "OFFCPU")?.into_iter().collect();
     let open: BpfHashMap<_, u64, OffCpuStart> = map_ref(ebpf, "OFFCPU_START")?;
     let min_block = settings.min_block.as_nanos() as u64;
+    let mut open_copied = Vec::new();
     for entry in open.iter() {
         let (_, start) = entry.map_err(BpfError::map("OFFCPU_START"))?;
         if start.ts == 0 {
@@ -115,13 +120,17 @@ pub(super) fn drain(
         }
         let waited = stopped_ns.saturating_sub(start.ts);
         if waited >= min_block && start.ts <= stopped_ns {
+            if start.key.user_stack_id == stack_copy::COPIED {
+                open_copied.push((start.wait_id, waited));
+                continue;
+            }
             let stats = waits.entry(start.key).or_default();
             stats.total_ns += waited;
             stats.count += 1;
             stats.max_ns = stats.max_ns.max(waited);
         }
     }
-    Ok(waits.into_iter().collect())
+    Ok((waits.into_iter().collect(), open_copied))
 }
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.

@@ -14,7 +14,9 @@ use aya::{
 };
 use hindsight_common::{Counter, NewProcess, filter};
 
-use super::{BpfError, OBJECT, locks, offcpu, oncpu, tracefs::TracefsMount};
+use super::{
+    BpfError, OBJECT, locks, offcpu, oncpu, stackcopy::UnwindSettings, tracefs::TracefsMount,
+};
 
 /// What the in-kernel filter selects. Both sets empty: every task but the agent's own.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +48,8 @@ pub struct SessionConfig {
     /// Lock contention (kernel locks and futexes).
     pub locks: bool,
     pub sizes: MapSizes,
+    /// How user stacks are walked (`--unwind`).
+    pub unwind: UnwindSettings,
 }
 
 /// Sizes of the kernel maps.
@@ -73,6 +77,7 @@ impl Default for MapSizes {
 pub struct Session {
     ebpf: Ebpf,
     new_processes: RingBuf<MapData>,
+    stack_copies: RingBuf<MapData>,
     cgroups: BpfHashMap<MapData, u64, u8>,
     attached_cpus: usize,
     config: SessionConfig,
@@ -91,12 +96,17 @@ impl Session {
         let min_block_ns = offcpu.min_block.as_nanos() as u64;
         let state_mask = offcpu.state_mask();
         let kernel_stack_reuses = offcpu.kernel_stack_reuses;
+        let copy_bytes = config.unwind.copy_bytes();
+        let copy_budget = config.unwind.budget();
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_FLAGS", &flags, true)
             .override_global("AGENT_TGID", &agent, true)
             .override_global("MIN_BLOCK_NS", &min_block_ns, true)
             .override_global("STATE_MASK", &state_mask, true)
             .override_global("KERNEL_STACK_REUSES", &kernel_stack_reuses, true)
+            .override_global("STACK_COPY_BYTES", &copy_bytes, true)
+            .override_global("COPY_BUDGET_PER_SEC", &copy_budget, true)
+            .map_max_entries("STACK_COPIES", config.unwind.ring_size())
             .map_max_entries("STACKS", config.sizes.stacks)
             .map_max_entries("CPU_COUNTS", config.sizes.keys)
             .map_max_entries("OFFCPU", config.sizes.keys)
@@ -116,6 +126,7 @@ impl Session {
                 .map_err(BpfError::map("TARGET_CGROUPS"))?;
         }
         let new_processes: RingBuf<MapData> = take_map(&mut ebpf, "NEW_PROCESSES")?;
+        let stack_copies: RingBuf<MapData> = take_map(&mut ebpf, "STACK_COPIES")?;
 
         // The exec hook first: a process that execs while the session starts is caught.
         attach_raw_tracepoint(&mut ebpf, "process_exec", "sched_process_exec")?;
@@ -140,6 +151,7 @@ impl Session {
         Ok(Self {
             ebpf,
             new_processes,
+            stack_copies,
             cgroups,
             attached_cpus,
             config,
@@ -179,6 +191,18 @@ impl Session {
         out
     }
 
+    /// Readable when copied user stacks are waiting (`--unwind dwarf|auto`).
+    pub fn stack_copies_fd(&self) -> BorrowedFd<'_> {
+        self.stack_copies.as_fd()
+    }
+
+    /// Hands each pending record of the copy ring to `f`, in the order they were sent.
+    pub fn take_stack_copies(&mut self, mut f: impl FnMut(&[u8])) {
+        while let Some(item) = self.stack_copies.next() {
+            f(&item);
+        }
+    }
+
     /// Stops recording: unloads every probe program (which detaches them). The maps stay
     /// readable until the session is dropped.
     pub fn stop(&mut self) -> Result<(), BpfError> {
@@ -208,11 +232,25 @@ impl Session {
         }
         if let Some(settings) = &self.config.offcpu {
             let stopped_ns = self.stopped_ns.unwrap_or_else(offcpu::monotonic_ns);
-            raw.offcpu = offcpu::drain(&self.ebpf, settings, stopped_ns)?;
+            (raw.offcpu, raw.open_copied_waits) = offcpu::drain(&self.ebpf, settings, stopped_ns)?;
         }
         if self.config.locks {
             raw.locks = locks::drain(&self.ebpf)?;
         }
+        self.read_stacks(&mut raw)?;
+        let counters_map: PerCpuArray<_, u64> = map_ref(&self.ebpf, "COUNTERS")?;
+        for counter in Counter::ALL {
+            let values = counters_map
+                .get(&(counter as u32), 0)
+                .map_err(BpfError::map("COUNTERS"))?;
+            raw.counters.0[counter as usize] = values.iter().sum();
+        }
+        Ok(raw)
+    }
+
+    /// Reads the stacks `raw`'s records reference that it does not hold yet (`drain` does;
+    /// call it again after adding records, e.g. the unwound ones with their kernel stacks).
+    pub fn read_stacks(&self, raw: &mut RawProfile) -> Result<(), BpfError> {
         let stack_map: StackTraceMap<_> = map_ref(&self.ebpf, "STACKS")?;
         let ids = raw
             .oncpu
@@ -241,14 +279,7 @@ impl Session {
                 Err(err) => tracing::debug!(id, "stack id unreadable: {err}"),
             }
         }
-        let counters_map: PerCpuArray<_, u64> = map_ref(&self.ebpf, "COUNTERS")?;
-        for counter in Counter::ALL {
-            let values = counters_map
-                .get(&(counter as u32), 0)
-                .map_err(BpfError::map("COUNTERS"))?;
-            raw.counters.0[counter as usize] = values.iter().sum();
-        }
-        Ok(raw)
+        Ok(())
     }
 }
 
@@ -323,7 +354,10 @@ pub struct RawProfile {
     pub oncpu: Vec<oncpu::RawSample>,
     pub offcpu: Vec<(hindsight_common::OffCpuKey, hindsight_common::WaitStats)>,
     pub locks: Vec<(hindsight_common::LockKey, hindsight_common::WaitStats)>,
-    /// Stack id -> instruction pointers, leaf first.
+    /// Off-CPU waits still open at the end whose user stack was copied: (wait id, ns).
+    pub open_copied_waits: Vec<(u64, u64)>,
+    /// Stack id -> instruction pointers, leaf first. Ids from
+    /// `crate::profile::unwind::UNWOUND_ID_BASE` up are stacks unwound in user space.
     pub stacks: HashMap<u32, Vec<u64>>,
     pub counters: Counters,
 }

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, os::fd::AsFd as _};
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use crate::profile::{Mode, TaskState};
+use crate::profile::{Mode, TaskState, UnwindMode};
 use nix::sys::{
     signal::{SigSet, Signal},
     signalfd::{SfdFlags, SignalFd},
@@ -101,6 +101,25 @@ pub struct ProfileArgs {
         default_value_t = crate::profile::DEFAULT_KERNEL_STACK_REUSES
     )]
     pub kernel_stack_reuses: u32,
+    /// How to walk user stacks. `fp`: frame pointers in the kernel, cheapest, but cut
+    /// short by code built without them (most distro libraries, glibc included). `dwarf`:
+    /// copy the user stack at each event and unwind it here with the binaries' .eh_frame
+    /// tables. `auto`: like dwarf, but off-CPU and lock waits beyond --unwind-budget copies
+    /// per second and CPU fall back to frame pointers (counted in the summary).
+    #[arg(long, value_enum, default_value_t = UnwindMode::Auto, value_name = "HOW")]
+    pub unwind: UnwindMode,
+
+    /// dwarf/auto: bytes of user stack copied per event (512..=16384). Deeper stacks lose
+    /// their outermost frames (counted).
+    #[arg(long, default_value_t = 8192, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(512..=16384))]
+    pub unwind_stack: u32,
+
+    /// auto: stack copies per second and CPU for off-CPU and lock waits; beyond it they
+    /// use frame pointers. Bounds the cost on hosts that switch tasks very often.
+    #[arg(long, default_value_t = 1000, value_name = "PER_SEC",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub unwind_budget: u64,
 
     /// Directory for the <mode>.folded and <mode>.svg files (created if missing).
     #[arg(long, short = 'o', default_value = ".", value_name = "DIR")]

@@ -19,7 +19,7 @@ use super::Shared;
 use super::metrics::Metrics;
 use crate::capture::{CaptureOutcome, CaptureRequest, ExtraMember, Progress, TriggerInfo};
 use crate::profile::target::Targets;
-use crate::profile::{Mode, OffCpuSettings, ProfileRequest, TaskState};
+use crate::profile::{Mode, OffCpuSettings, ProfileRequest, TaskState, UnwindMode, UnwindSettings};
 
 /// Profile modes this agent can take. The API refuses others with a 400 naming these.
 pub const SUPPORTED_MODES: &[&str] = &["cpu", "offcpu", "locks", "all"];
@@ -76,6 +76,8 @@ pub struct ProfileSpec {
     pub units: Vec<String>,
     /// cgroup v2 paths to profile.
     pub cgroups: Vec<PathBuf>,
+    /// How user stacks are walked: `fp`, `dwarf` or `auto` (default), as `--unwind`.
+    pub unwind: UnwindMode,
 }
 
 impl Default for ProfileSpec {
@@ -88,6 +90,7 @@ impl Default for ProfileSpec {
             pids: Vec::new(),
             units: Vec::new(),
             cgroups: Vec::new(),
+            unwind: UnwindMode::Auto,
         }
     }
 }
@@ -153,6 +156,10 @@ pub fn profile_request(spec: &ProfileSpec, output_dir: PathBuf) -> ProfileReques
             min_block: Duration::from_micros(1),
             states: TaskState::ALL.to_vec(),
             kernel_stack_reuses: crate::profile::DEFAULT_KERNEL_STACK_REUSES,
+        },
+        unwind: UnwindSettings {
+            mode: spec.unwind,
+            ..UnwindSettings::default()
         },
         output_dir,
     }
@@ -724,6 +731,16 @@ mod tests {
         bad(|s| s.frequency = 0, "frequency");
         bad(|s| s.pids = vec![u32::MAX], "no process");
         bad(|s| s.units = vec!["../x".into()], "unit");
+    }
+
+    #[test]
+    fn profile_spec_takes_the_unwind_mode() {
+        assert_eq!(ProfileSpec::default().unwind, UnwindMode::Auto);
+        let spec: ProfileSpec = serde_json::from_str(r#"{"unwind": "dwarf"}"#).unwrap();
+        let request = profile_request(&spec, PathBuf::from("/tmp/x"));
+        assert_eq!(request.unwind.mode, UnwindMode::Dwarf);
+        let err = serde_json::from_str::<ProfileSpec>(r#"{"unwind": "lbr"}"#).unwrap_err();
+        assert!(err.to_string().contains("fp"), "names the choices: {err}");
     }
 
     #[test]

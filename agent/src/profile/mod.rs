@@ -11,6 +11,7 @@ mod report;
 pub mod stack;
 pub mod symbolize;
 pub mod target;
+pub mod unwind;
 
 pub use report::{LockSummary, ModeOutput, ProfileReport};
 
@@ -28,6 +29,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 pub use crate::bpf::offcpu::{DEFAULT_KERNEL_STACK_REUSES, OffCpuSettings, TaskState};
 use crate::bpf::{self, BpfError, KernelFilter, MapSizes, Session, SessionConfig};
+pub use crate::bpf::{UnwindMode, UnwindSettings};
 use target::{ResolvedTargets, TargetError, Targets};
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +111,8 @@ pub struct ProfileRequest {
     /// On-CPU sampling frequency.
     pub frequency: u64,
     pub offcpu: OffCpuSettings,
+    /// How user stacks are walked (`--unwind`).
+    pub unwind: UnwindSettings,
     pub output_dir: PathBuf,
 }
 
@@ -135,6 +139,12 @@ impl ProfileRequest {
                 min_block: Duration::from_micros(args.min_block),
                 states,
                 kernel_stack_reuses: args.kernel_stack_reuses,
+            },
+            unwind: UnwindSettings {
+                mode: args.unwind,
+                stack_bytes: args.unwind_stack,
+                wait_budget: args.unwind_budget,
+                ..UnwindSettings::default()
             },
             output_dir: args.output_dir.clone(),
         })
@@ -172,8 +182,10 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
                 .then(|| request.offcpu.clone()),
             locks: modes.contains(&Mode::Locks),
             sizes: MapSizes::default(),
+            unwind: request.unwind,
         },
     )?;
+    let mut unwinder = unwind::StackUnwinder::new();
     let cpus = session.attached_cpus();
     tracing::info!(
         "recording {} ({}) of {} for {:.1} s (Ctrl-C stops early and still writes the profile)",
@@ -204,6 +216,7 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
         let mut fds = [
             PollFd::new(session.notifications_fd(), PollFlags::POLLIN),
             PollFd::new(stop, PollFlags::POLLIN),
+            PollFd::new(session.stack_copies_fd(), PollFlags::POLLIN),
         ];
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
@@ -218,6 +231,7 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
             break;
         }
         take_notifications(&mut session, &mut processes);
+        session.take_stack_copies(|record| unwinder.add(record, &mut processes));
         if Instant::now() >= next_housekeeping {
             next_housekeeping += Duration::from_secs(1);
             // Cgroups created since (a restarted service's new scope, say).
@@ -245,7 +259,11 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
     session.stop()?;
     let processing_start = Instant::now();
     take_notifications(&mut session, &mut processes);
-    let raw = session.drain()?;
+    session.take_stack_copies(|record| unwinder.add(record, &mut processes));
+    let mut raw = session.drain()?;
+    let unwind_stats = unwinder.stats;
+    unwinder.finish(&mut raw);
+    session.read_stacks(&mut raw)?; // the kernel stacks of the unwound records
     drop(session);
     for tgid in raw
         .oncpu
@@ -317,6 +335,8 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
         outputs,
         unnamed_frames: symbolizer.stats.unnamed,
         frames: symbolizer.stats.addresses,
+        unwind_mode: request.unwind.mode,
+        unwind: unwind_stats,
         processing: processing_start.elapsed(),
     })
 }

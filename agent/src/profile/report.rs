@@ -4,8 +4,8 @@
 
 use std::{fmt, path::PathBuf, time::Duration};
 
-use super::{Mode, fold::FoldStats, stack::ratio};
-use crate::bpf::{Counter, Counters};
+use super::{Mode, fold::FoldStats, stack::ratio, unwind::UnwindStats};
+use crate::bpf::{Counter, Counters, UnwindMode};
 
 /// One mode's outputs.
 #[derive(Debug)]
@@ -46,6 +46,9 @@ pub struct ProfileReport {
     pub outputs: Vec<ModeOutput>,
     pub unnamed_frames: u64,
     pub frames: u64,
+    /// `--unwind` and what the user-space unwinder did (`dwarf`/`auto`).
+    pub unwind_mode: UnwindMode,
+    pub unwind: UnwindStats,
     /// From the end of recording to the last SVG on disk.
     pub processing: Duration,
 }
@@ -129,7 +132,7 @@ impl fmt::Display for ProfileReport {
             writeln!(
                 f,
                 "  stacks: {} {unit} with the user stack lost, {} with the kernel stack lost, \
-                 {} not walkable, {} ({:.1}%) cut short before main/start_thread (frame pointers missing)",
+                 {} not walkable, {} ({:.1}%) cut short before main/start_thread (frame pointers or unwind tables missing, or a stack deeper than the copy)",
                 out.fold.lost_user,
                 out.fold.lost_kernel,
                 out.fold.unwalkable_user,
@@ -198,6 +201,22 @@ impl fmt::Display for ProfileReport {
             c(Counter::UserStackCollision),
             c(Counter::KernelStackCollision),
         )?;
+        if self.unwind_mode != UnwindMode::Fp {
+            writeln!(
+                f,
+                "unwinding ({:?}): {} copied stacks unwound from {} binaries' tables, {:.1} µs each; \
+                 {} incomplete, {} copies filled --unwind-stack; {} waits over budget and {} \
+                 copies lost (ring full) used frame pointers",
+                self.unwind_mode,
+                self.unwind.stacks,
+                self.unwind.binaries,
+                self.unwind.per_stack().as_secs_f64() * 1e6,
+                self.unwind.incomplete,
+                self.unwind.truncated_copies,
+                c(Counter::StackCopyOverBudget),
+                c(Counter::StackCopyLost),
+            )?;
+        }
         if c(Counter::NewProcessLost) > 0 {
             writeln!(
                 f,

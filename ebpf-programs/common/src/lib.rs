@@ -91,10 +91,22 @@ pub enum Counter {
     LockMapFull,
     /// Off-CPU: a switch-out reused the thread's last kernel stack instead of walking it.
     OffCpuKernelStackReused,
+    /// DWARF unwinding: a user stack was copied for user space to unwind.
+    StackCopied,
+    /// DWARF unwinding: the copy filled `STACK_COPY_BYTES` before the end of the stack
+    /// (the outermost frames may be missing).
+    StackCopyTruncated,
+    /// DWARF unwinding: over the per-CPU copy budget, frame pointers used instead.
+    StackCopyOverBudget,
+    /// DWARF unwinding: the copy ring buffer was full; frame pointers used instead (on-CPU)
+    /// or the user stack is lost (waits).
+    StackCopyLost,
+    /// DWARF unwinding: no user registers (kernel thread): frame-pointer path taken.
+    StackCopyNoRegs,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 26] = [
         Counter::Samples,
         Counter::Idle,
         Counter::FilteredOut,
@@ -116,6 +128,11 @@ impl Counter {
         Counter::LockRecorded,
         Counter::LockMapFull,
         Counter::OffCpuKernelStackReused,
+        Counter::StackCopied,
+        Counter::StackCopyTruncated,
+        Counter::StackCopyOverBudget,
+        Counter::StackCopyLost,
+        Counter::StackCopyNoRegs,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 }
@@ -146,6 +163,9 @@ pub struct OffCpuStart {
     pub reuses: u32,
     /// The system call the thread was in (`orig_ax` of its user registers), -1 if none.
     pub syscall: i32,
+    /// With `key.user_stack_id == stack_copy::COPIED`: the id of the [`StackCopy`] sent
+    /// at switch-out; the wait's end is sent as a [`WaitDone`] with the same id.
+    pub wait_id: u64,
 }
 
 /// Task states an off-CPU wait is classified into (from `prev_state` and `preempt` of
@@ -202,7 +222,82 @@ pub mod errno {
     pub const EFAULT: i32 = 14;
     pub const EEXIST: i32 = 17;
     pub const ENOMEM: i32 = 12;
+    /// The user stack was to be copied for DWARF unwinding but the copy was lost.
+    pub const ENODATA: i32 = 61;
 }
+
+/// Largest user-stack slice one event copies (`--unwind-stack` is at most this).
+pub const STACK_COPY_MAX: usize = 16 * 1024;
+
+/// Copies of user stacks for DWARF unwinding in user space (`--unwind dwarf|auto`).
+pub mod stack_copy {
+    /// `StackCopy::kind`: an on-CPU sample (`value`: 1).
+    pub const ONCPU: u32 = 1;
+    /// `StackCopy::kind`: an off-CPU switch-out (`value`: wait id; a `WaitDone` follows).
+    pub const OFFCPU: u32 = 2;
+    /// `StackCopy::kind`: a finished lock wait (`value`: ns waited).
+    pub const LOCK: u32 = 3;
+    /// `WaitDone::kind`: an off-CPU wait that began with a copy ended.
+    pub const OFFCPU_DONE: u32 = 4;
+    /// Stack id placeholder in a start record whose user stack was (or will be) copied.
+    pub const COPIED: i32 = -1000;
+}
+
+/// One event whose user stack was copied: the user registers, the event's other fields
+/// and the first `len` bytes of the stack from `sp` up. Sent on the `STACK_COPIES` ring
+/// buffer with only `len` bytes of `stack` (the record is cut after them).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackCopy {
+    /// One of the `stack_copy` kinds.
+    pub kind: u32,
+    pub tgid: u32,
+    pub kernel_stack_id: i32,
+    /// Off-CPU: the `offcpu_state`; locks: the `lock_flags`.
+    pub extra: u32,
+    /// User registers at the event: instruction, stack and frame pointer.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Locks: the lock's address.
+    pub lock_addr: u64,
+    /// See the kinds.
+    pub value: u64,
+    /// Bytes of `stack` filled.
+    pub len: u32,
+    /// `StackCopyTruncated`: the copy stopped at the size limit, not at the stack's end.
+    pub truncated: u32,
+    pub stack: [u8; STACK_COPY_MAX],
+}
+
+impl StackCopy {
+    /// Bytes before `stack`.
+    pub const HEADER: usize = 64;
+}
+
+/// The end of an off-CPU wait whose user stack was copied at switch-out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WaitDone {
+    /// `stack_copy::OFFCPU_DONE`.
+    pub kind: u32,
+    pub _pad: u32,
+    pub wait_id: u64,
+    /// Time off the CPU; 0 when shorter than `--min-block` (dropped).
+    pub ns: u64,
+}
+
+/// Per-CPU budget state of stack copies for waits (`--unwind auto`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CopyBudget {
+    /// Start of the current one-second window (`bpf_ktime_get_ns`).
+    pub window_start: u64,
+    /// Copies made in the window.
+    pub used: u64,
+}
+
+const _: () = assert!(core::mem::offset_of!(StackCopy, stack) == StackCopy::HEADER);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -214,9 +309,11 @@ mod pod {
     unsafe impl aya::Pod for super::NewProcess {}
     // SAFETY: `#[repr(C)]`, four u32-sized fields: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::OffCpuKey {}
-    // SAFETY: `#[repr(C)]`, a u64 then a 16-byte struct of u32s: no padding, every bit
-    // pattern valid.
+    // SAFETY: `#[repr(C)]`, a u64, a 16-byte struct of u32s, a u64: no padding, every
+    // bit pattern valid.
     unsafe impl aya::Pod for super::OffCpuStart {}
+    // SAFETY: `#[repr(C)]`, two u64s: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::CopyBudget {}
     // SAFETY: `#[repr(C)]`, three u64s: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::WaitStats {}
     // SAFETY: `#[repr(C)]`, a u64 then four 4-byte fields (24 bytes, 8-aligned): no
