@@ -5,4 +5,5 @@
 mod capture;
 mod daemon;
 mod profile;
+mod recorder;
 mod support;

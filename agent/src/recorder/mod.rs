@@ -142,6 +142,58 @@ impl Recorder {
         lock(&self.inner.ring).stats()
     }
 
+    /// The ring's gauges and counters in the Prometheus text format, for `/metrics`.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let s = self.stats();
+        let recording = matches!(self.state(), State::Recording { .. });
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            (
+                "hindsight_recorder_recording",
+                "gauge",
+                "1 while the flight recorder records, 0 when it failed or stopped.",
+                u64::from(recording),
+            ),
+            (
+                "hindsight_recorder_ring_bytes",
+                "gauge",
+                "Bytes the flight recorder's windows hold (measured).",
+                s.bytes as u64,
+            ),
+            (
+                "hindsight_recorder_budget_bytes",
+                "gauge",
+                "The flight recorder's memory budget ([recorder] memory_budget_mib).",
+                s.budget as u64,
+            ),
+            (
+                "hindsight_recorder_windows",
+                "gauge",
+                "Windows the flight recorder holds.",
+                s.windows as u64,
+            ),
+            (
+                "hindsight_recorder_windows_dropped_for_budget_total",
+                "counter",
+                "Oldest windows dropped to stay within the memory budget.",
+                s.dropped_for_budget,
+            ),
+            (
+                "hindsight_recorder_windows_dropped_for_age_total",
+                "counter",
+                "Windows dropped for being older than [recorder] keep_minutes.",
+                s.dropped_for_age,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+
     pub fn config(&self) -> &RecorderConfig {
         &self.inner.config
     }
@@ -261,7 +313,7 @@ fn record(inner: &Inner) -> Result<(), RecorderError> {
         targets,
         drain: WindowDrain::default(),
         processes: ProcessTable::default(),
-        symbolizer: Symbolizer::new(),
+        symbolizer: Symbolizer::symbols_only(),
         known_cgroups: filter.cgroup_ids.clone(),
         closed: 0,
     };
@@ -420,11 +472,23 @@ impl Windows {
             // The symbolizer caches names by file identity: a closed file's identity can be
             // reused by another file.
             if closed_files > 0 || self.closed.is_multiple_of(NEW_SYMBOLIZER_EVERY) {
-                self.symbolizer = Symbolizer::new();
+                self.symbolizer = Symbolizer::symbols_only();
             }
         }
+        release_free_memory();
         tracing::debug!(window = self.closed, stats = ?lock(&inner.ring).stats(), "flight recorder window closed");
         Ok(())
+    }
+}
+
+/// Hands the memory freed by the window's processing (symbolization batches, folded
+/// strings not kept) back to the kernel: glibc keeps freed heap otherwise, and the
+/// daemon's RSS would show the peak of the busiest window forever.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own arenas; 0 keeps no padding.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
