@@ -196,8 +196,9 @@ fn pre_trigger_profile_names_the_hot_function_with_its_share_and_time_ranges() {
     else {
         return;
     };
-    // Default modes and frequency (19 Hz); short windows so 20 s make many of them.
-    let setup = Setup::new("window_seconds = 2\n");
+    // Default modes and frequency (19 Hz); short windows so 20 s make many of them, and a
+    // short profile after the trigger.
+    let setup = Setup::new("window_seconds = 2\npost_trigger_seconds = 3\n");
     let _daemon = Daemon::start(&setup);
     let recording_since = now_rfc3339();
     // work_a does 3 units of work for each unit of work_b: 75% of the on-CPU samples.
@@ -262,6 +263,29 @@ fn pre_trigger_profile_names_the_hot_function_with_its_share_and_time_ranges() {
     for mode in ["offcpu", "locks"] {
         member(&archive, &format!("extra/flight-recorder/{mode}.folded"));
     }
+    // The post-trigger profile follows the pre-trigger one, and the fixture ran through
+    // its first seconds.
+    let post_from = details["flight_recorder.post_trigger_from"]
+        .as_str()
+        .expect("post from");
+    let post_to = details["flight_recorder.post_trigger_to"]
+        .as_str()
+        .expect("post to");
+    assert_eq!(
+        post_from, to,
+        "the post-trigger profile starts at the trigger"
+    );
+    assert!(instant(post_to) > instant(post_from) && instant(post_to) <= instant(created));
+    let post = windows["post_trigger"].as_array().unwrap();
+    assert!(!post.is_empty(), "{windows:#}");
+    let post_folded = text(&member(
+        &archive,
+        "extra/flight-recorder/post-trigger/cpu.folded",
+    ));
+    assert!(
+        leaf_weight(&post_folded, "split", "work_a") > 0,
+        "split ran after the trigger too:\n{post_folded}"
+    );
     // Each member's notes carry its time range.
     let members = manifest["members"].as_array().unwrap();
     let cpu = members
@@ -355,4 +379,26 @@ fn full_ring_stays_within_its_memory_budget_and_rss_stops_growing() {
         "RSS grew from {first} to {rss_max} with the ring full"
     );
     assert!(rss_max <= 64 * 1024 * 1024, "RSS {rss_max} > 64 MiB");
+}
+
+#[test]
+fn capture_without_the_daemon_says_it_has_no_flight_recorder() {
+    let setup = Setup::new("");
+    let out = hindsight(&[
+        "capture",
+        "--reason",
+        "no daemon",
+        "--config",
+        &setup.path("hindsight.toml").display().to_string(),
+        "--unsigned",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let archive = PathBuf::from(text(&out.stdout).trim());
+    let note = text(&member(&archive, "extra/flight-recorder/UNAVAILABLE.txt"));
+    assert!(note.contains("without the daemon"), "{note}");
+    let manifest = json(&member(&archive, "MANIFEST.json"));
+    let details = manifest["trigger"]["details"]["flight_recorder"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(details.starts_with("unavailable: "), "{manifest:#}");
 }

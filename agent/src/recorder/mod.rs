@@ -42,8 +42,6 @@ use ring::{Limits, Ring, RingStats};
 /// Windows between two refreshes of the process table (maps of running processes re-read,
 /// exited processes forgotten).
 const REFRESH_EVERY: u64 = 6;
-/// Windows between two fresh symbolizers (their caches only grow).
-const NEW_SYMBOLIZER_EVERY: u64 = 60;
 /// How long a capture waits for the recorder to close the current window.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -313,7 +311,6 @@ fn record(inner: &Inner) -> Result<(), RecorderError> {
         targets,
         drain: WindowDrain::default(),
         processes: ProcessTable::default(),
-        symbolizer: Symbolizer::symbols_only(),
         known_cgroups: filter.cgroup_ids.clone(),
         closed: 0,
     };
@@ -404,7 +401,6 @@ struct Windows {
     targets: ResolvedTargets,
     drain: WindowDrain,
     processes: ProcessTable,
-    symbolizer: Symbolizer,
     known_cgroups: std::collections::BTreeSet<u64>,
     closed: u64,
 }
@@ -450,12 +446,16 @@ impl Windows {
         {
             self.processes.observe(tgid, None);
         }
+        // A fresh symbolizer per window: it maps the files it reads, and a kept one would
+        // hold every big binary the host ran (a compiler's) in the daemon's RSS. Re-reading
+        // ELF symbol tables and kallsyms once per window costs less than that memory.
+        let mut symbolizer = Symbolizer::symbols_only();
         let folded = self
             .modes
             .iter()
             .map(|&mode| {
                 let (folded, _, _) =
-                    profile::fold_mode(mode, &raw, &self.processes, &mut self.symbolizer);
+                    profile::fold_mode(mode, &raw, &self.processes, &mut symbolizer);
                 let lost = raw.counters.get(match mode {
                     Mode::Cpu => Counter::CountMapFull,
                     Mode::OffCpu => Counter::OffCpuMapFull,
@@ -468,13 +468,9 @@ impl Windows {
         self.closed += 1;
         if self.closed.is_multiple_of(REFRESH_EVERY) {
             self.processes.refresh();
-            let closed_files = self.processes.forget_exited();
-            // The symbolizer caches names by file identity: a closed file's identity can be
-            // reused by another file.
-            if closed_files > 0 || self.closed.is_multiple_of(NEW_SYMBOLIZER_EVERY) {
-                self.symbolizer = Symbolizer::symbols_only();
-            }
+            self.processes.forget_exited();
         }
+        drop(symbolizer);
         release_free_memory();
         tracing::debug!(window = self.closed, stats = ?lock(&inner.ring).stats(), "flight recorder window closed");
         Ok(())
