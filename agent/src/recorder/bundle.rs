@@ -107,7 +107,9 @@ impl Recorder {
             }
             State::Stopped => return Bundle::unavailable("the flight recorder has stopped"),
         };
+        let started = std::time::Instant::now();
         let closed = self.flush();
+        let flushed_in = started.elapsed();
         let cut = SystemTime::now();
         let Some(pre) = self.period(&modes, SystemTime::UNIX_EPOCH, cut) else {
             return Bundle::unavailable(
@@ -118,7 +120,9 @@ impl Recorder {
         let post = if post_wanted {
             std::thread::sleep(self.config().post_trigger());
             self.flush();
-            self.period(&modes, cut, SystemTime::now())
+            // From the end of the last window before the trigger: the window the flush
+            // opened starts there.
+            self.period(&modes, pre.to, SystemTime::now())
         } else {
             None
         };
@@ -225,6 +229,12 @@ impl Recorder {
         if post_wanted && file.post_trigger.is_empty() {
             notes.push("the post-trigger profile could not be taken".into());
         }
+        tracing::info!(
+            "flight recorder: {} windows bundled in {} ms (closing the current one: {} ms)",
+            file.pre_trigger.len() + file.post_trigger.len(),
+            started.elapsed().as_millis(),
+            flushed_in.as_millis()
+        );
         bundle.members.push(ExtraMember {
             name: format!("{DIR}/windows.json"),
             data: serde_json::to_vec_pretty(&file).unwrap_or_default(),
