@@ -196,9 +196,10 @@ fn pre_trigger_profile_names_the_hot_function_with_its_share_and_time_ranges() {
     else {
         return;
     };
-    // Default modes and frequency (19 Hz); short windows so 20 s make many of them, and a
+    // Default modes, 49 Hz (the top of the low range, for the statistics of a 20 s run);
+    // short windows so 20 s make many of them, and a
     // short profile after the trigger.
-    let setup = Setup::new("window_seconds = 2\npost_trigger_seconds = 3\n");
+    let setup = Setup::new("window_seconds = 2\npost_trigger_seconds = 3\nfrequency = 49\n");
     let _daemon = Daemon::start(&setup);
     let recording_since = now_rfc3339();
     // work_a does 3 units of work for each unit of work_b: 75% of the on-CPU samples.
@@ -245,7 +246,7 @@ fn pre_trigger_profile_names_the_hot_function_with_its_share_and_time_ranges() {
     let b = leaf_weight(&folded, "split", "work_b");
     let share = a as f64 / (a + b) as f64;
     eprintln!("flight recorder: work_a {a} samples, work_b {b}: share {share:.3} (truth 0.75)");
-    // ~20 s of one busy thread at 19 Hz: ~380 samples, unless the machine is very busy.
+    // ~20 s of one busy thread at 49 Hz: ~980 samples, unless the machine is very busy.
     assert!(
         a + b >= 100,
         "too few samples of split: {a} + {b}\n{folded}"
