@@ -309,6 +309,9 @@ pub fn reload(shared: &Shared) -> Result<(), String> {
             "[api] audit_log and [daemon] queue_size changes take effect at the next restart"
         );
     }
+    if new.recorder != old.recorder {
+        tracing::warn!("[recorder] changes take effect at the next restart");
+    }
     if old.api.listen.is_some() {
         *shared.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
     }
