@@ -42,6 +42,9 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[daemon]`: the daemon's job queue, worker priority and profile storage.
     pub daemon: DaemonConfig,
+    /// `[recorder]`: the daemon's flight recorder (continuous profiling kept in memory and
+    /// bundled into every capture).
+    pub recorder: crate::recorder::RecorderConfig,
 }
 
 /// A role granted to a caller of the daemon's API.
@@ -285,7 +288,14 @@ impl Config {
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         self.validate_capture(path)?;
-        self.validate_daemon(path)
+        self.validate_daemon(path)?;
+        self.recorder
+            .validate()
+            .map_err(|(key, message)| ConfigError::Value {
+                path: path.to_owned(),
+                key: format!("recorder.{key}"),
+                message,
+            })
     }
 
     fn validate_daemon(&self, path: &Path) -> Result<(), ConfigError> {

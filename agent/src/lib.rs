@@ -6,6 +6,7 @@
 //! - capture (evidence): [`capture`] runs collectors into a signed archive, configured
 //!   by [`config`], with default locations in [`paths`]; see ARCHITECTURE.md.
 //!
+//! [`recorder`] keeps the last minutes of profiles in the daemon for every capture.
 //! [`daemon`] serves both over an HTTP API (unix socket, mutual TLS) for `hindsight
 //! agent`, and [`cli`] maps the command line onto them.
 
@@ -16,3 +17,4 @@ pub mod config;
 pub mod daemon;
 pub mod paths;
 pub mod profile;
+pub mod recorder;

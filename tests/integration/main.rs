@@ -5,5 +5,6 @@
 mod capture;
 mod daemon;
 mod profile;
+mod recorder;
 mod support;
 mod unwind;

@@ -14,6 +14,10 @@
 //!   on the fixtures built without frame pointers (and through glibc) before and after;
 //! - fidelity: the 3:1 split fixture profiled by hindsight and by `perf record -e cpu-clock
 //!   -F 99 -g` at the same time, perf's output folded with inferno; top-function shares.
+//! - recorder: the daemon (`hindsight agent`) with its flight recorder at the defaults (all
+//!   modes, 19 Hz, 10 s windows, 15 minutes): its CPU cost (agent CPU + BPF run time) on
+//!   an idle host and under a CPU-bound + context-switch-heavy load, the load's throughput
+//!   with and without the daemon (interleaved pairs), and the daemon's RSS at steady state.
 
 use std::{
     collections::BTreeMap,
@@ -42,7 +46,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu", "unwind"])]
+    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu", "unwind", "recorder"])]
     only: Vec<Part>,
     /// `--unwind` of the agent in the overhead, latency and offcpu parts (the unwind part
     /// compares the modes itself).
@@ -62,6 +66,8 @@ enum Part {
     Offcpu,
     /// DWARF unwinding against frame pointers: cost and whole stacks.
     Unwind,
+    /// The daemon's always-on flight recorder: CPU idle and under load, throughput, RSS.
+    Recorder,
 }
 
 pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
@@ -88,6 +94,9 @@ pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
     }
     if args.only.contains(&Part::Unwind) {
         report += &unwind(ws, &bin, &out, args, cpus)?;
+    }
+    if args.only.contains(&Part::Recorder) {
+        report += &recorder(ws, &bin, &out, args, cpus)?;
     }
     println!("\n{report}");
     fs::write(out.join("report.md"), &report)?;
@@ -964,6 +973,198 @@ fn unwind(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
             shares[2] * 100.0
         )?;
     }
+    text.push('\n');
+    Ok(text)
+}
+
+/// A running `hindsight agent` with the flight recorder at its defaults, in its own
+/// directory; stopped with SIGTERM when dropped.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn start(bin: &Path, dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let d = dir.display();
+        let config = dir.join("hindsight.toml");
+        fs::write(
+            &config,
+            format!(
+                "[capture]\noutput_dir = \"{d}/out\"\n\n[api]\nsocket = \"{d}/hindsight.sock\"\n\
+                 audit_log = \"{d}/audit.jsonl\"\n\n[daemon]\nprofile_dir = \"{d}/profiles\"\n"
+            ),
+        )?;
+        let mut child = Command::new(bin)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .env("HINDSIGHT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting hindsight agent")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        if let Err(err) = wait_for_line(stderr, "flight recorder: recording") {
+            let status = child.wait()?;
+            bail!("the daemon's flight recorder did not start ({status}): {err:#}");
+        }
+        Ok(Self { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// VmRSS in bytes.
+    fn rss(&self) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS")?;
+        Ok(kib * 1024)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The recorder benchmark's load: burn on every CPU and pipe ping-pong at the same time.
+/// Returns the wall time of each (their throughputs are fixed work over these).
+fn mixed_load(burn: &Path, pingpong: &Path, iterations: u64, cpus: usize) -> Result<(f64, f64)> {
+    let start = Instant::now();
+    let mut pp = Command::new(pingpong)
+        .args(PINGPONG)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let burn_wall = time_workload(burn, iterations, cpus)?.as_secs_f64();
+    ensure!(pp.wait()?.success(), "pingpong failed");
+    Ok((burn_wall, start.elapsed().as_secs_f64()))
+}
+
+/// (agent CPU + BPF run time) over `f` / CPU time available, and what `f` returned.
+fn daemon_share<T>(
+    daemon: &Daemon,
+    cpus: usize,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(f64, T)> {
+    let (cpu0, (ns0, _)) = (cpu_time(daemon.pid())?, BpfStats::read()?);
+    let t0 = Instant::now();
+    let value = f()?;
+    let wall = t0.elapsed().as_secs_f64();
+    let (cpu1, (ns1, _)) = (cpu_time(daemon.pid())?, BpfStats::read()?);
+    let used = (cpu1 - cpu0).as_secs_f64() + (ns1 - ns0) as f64 / 1e9;
+    Ok((used / (wall * cpus as f64), value))
+}
+
+fn recorder(
+    ws: &Workspace,
+    bin: &Path,
+    out: &Path,
+    args: &BenchArgs,
+    cpus: usize,
+) -> Result<String> {
+    let burn = build_fixture(ws, out, "burn", &[])?;
+    let pingpong = build_fixture(ws, out, "pingpong", &[])?;
+    let dir = out.join("recorder");
+    let stats = BpfStats::enable()?;
+    // A window is 10 s: measure over several so each includes drains and symbolization.
+    let settle = Duration::from_secs(12);
+    let idle_period = Duration::from_secs(30);
+
+    let daemon = Daemon::start(bin, &dir)?;
+    std::thread::sleep(settle);
+    let (idle, ()) = daemon_share(&daemon, cpus, || {
+        std::thread::sleep(idle_period);
+        Ok(())
+    })?;
+    let idle_rss = daemon.rss()? as f64 / (1024.0 * 1024.0);
+    println!(
+        "xtask: bench: recorder idle: {:.3}% of the CPU, RSS {idle_rss:.1} MiB",
+        idle * 100.0
+    );
+    drop(daemon);
+
+    mixed_load(&burn, &pingpong, args.iterations / 4, cpus)?; // warm-up
+    let (mut burn_ratio, mut pp_ratio, mut loaded, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..args.pairs {
+        let without = || mixed_load(&burn, &pingpong, args.iterations, cpus);
+        let with = || -> Result<(f64, (f64, f64), f64)> {
+            let daemon = Daemon::start(bin, &dir)?;
+            std::thread::sleep(settle);
+            let (share, walls) = daemon_share(&daemon, cpus, || {
+                mixed_load(&burn, &pingpong, args.iterations, cpus)
+            })?;
+            Ok((share, walls, daemon.rss()? as f64 / (1024.0 * 1024.0)))
+        };
+        let (base, (share, w, r)) = if pair % 2 == 0 {
+            let base = without()?;
+            (base, with()?)
+        } else {
+            let w = with()?;
+            (without()?, w)
+        };
+        println!(
+            "xtask: bench: recorder pair {pair}: burn {:.3} s without, {:.3} s with; \
+             pingpong {:.3} s / {:.3} s; daemon {:.3}% of the CPU, RSS {r:.1} MiB",
+            base.0,
+            w.0,
+            base.1,
+            w.1,
+            share * 100.0
+        );
+        // Throughput with / without = time without / time with.
+        burn_ratio.push(base.0 / w.0);
+        pp_ratio.push(base.1 / w.1);
+        loaded.push(share);
+        rss.push(r);
+    }
+    drop(stats);
+    let mut text = String::from(
+        "## Flight recorder: the daemon at its defaults (all modes, 19 Hz, 10 s windows, 15 min)\n\n",
+    );
+    writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
+    row(
+        &mut text,
+        "idle host: (agent CPU + BPF run time) / CPU available",
+        &[idle],
+        |x| format!("{:.3}%", x * 100.0),
+    );
+    row(
+        &mut text,
+        "CPU-bound + context-switch load: (agent CPU + BPF run time) / CPU available",
+        &loaded,
+        |x| format!("{:.3}%", x * 100.0),
+    );
+    row(
+        &mut text,
+        "CPU-bound throughput with/without the daemon (target >= 99%)",
+        &burn_ratio,
+        |x| format!("{:.2}%", x * 100.0),
+    );
+    row(
+        &mut text,
+        "ping-pong throughput with/without the daemon",
+        &pp_ratio,
+        |x| format!("{:.2}%", x * 100.0),
+    );
+    row(
+        &mut text,
+        "daemon RSS idle at steady state (target <= 64 MiB)",
+        &[idle_rss],
+        |x| format!("{x:.1} MiB"),
+    );
+    row(&mut text, "daemon RSS under load", &rss, |x| {
+        format!("{x:.1} MiB")
+    });
     text.push('\n');
     Ok(text)
 }

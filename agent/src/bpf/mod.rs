@@ -1,7 +1,8 @@
 //! Loading Hindsight's eBPF programs into the kernel: the embedded object, privilege and
 //! kernel-feature checks, and the errors a user sees when loading fails. [`session`] loads
 //! the object once per profile; one module per probe family attaches and drains that
-//! family's programs and maps: [`oncpu`], [`offcpu`], [`locks`].
+//! family's programs and maps: [`oncpu`], [`offcpu`], [`locks`]. [`window`] drains a
+//! session that keeps running (the flight recorder).
 
 pub mod locks;
 pub mod offcpu;
@@ -10,11 +11,13 @@ mod privileges;
 pub mod session;
 pub mod stackcopy;
 mod tracefs;
+pub mod window;
 
 pub use hindsight_common::Counter;
 pub use privileges::check_privileges;
 pub use session::{Counters, KernelFilter, MapSizes, RawProfile, Session, SessionConfig};
 pub use stackcopy::{CopyEvent, UnwindMode, UnwindSettings};
+pub use window::WindowDrain;
 
 /// The eBPF object built by build.rs (ebpf-programs, with BTF).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hindsight-probes"));

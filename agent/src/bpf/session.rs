@@ -160,6 +160,16 @@ impl Session {
         })
     }
 
+    /// The families attached and their settings.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The loaded object, for draining a running session ([`super::window`]).
+    pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// CPUs the on-CPU sampler is attached to (0 without on-CPU profiling).
     pub fn attached_cpus(&self) -> usize {
         self.attached_cpus
@@ -324,6 +334,16 @@ where
 {
     let map = ebpf
         .take_map(name)
+        .ok_or(BpfError::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(BpfError::map(name))
+}
+
+pub(super) fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
         .ok_or(BpfError::Missing { kind: "map", name })?;
     T::try_from(map).map_err(BpfError::map(name))
 }

@@ -94,6 +94,12 @@ pub fn run(args: CaptureArgs) -> Result<()> {
     let mut request = CaptureRequest::new(args.reason, capture);
     request.config_path = config_path;
     request.unsigned = args.unsigned;
+    let no_recorder = crate::recorder::Bundle::unavailable(
+        "captured by `hindsight capture` without the daemon; \
+         trigger through `hindsight agent` (`hindsight trigger`) to include its flight recorder",
+    );
+    request.extra_members = no_recorder.members;
+    request.trigger.details.extend(no_recorder.details);
     if tty {
         request.progress = Some(&mut show);
     }

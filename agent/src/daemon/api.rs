@@ -245,7 +245,7 @@ fn health(shared: &Shared) -> Response<Body> {
 }
 
 fn metrics(shared: &Shared) -> Response<Body> {
-    let text = shared.metrics.render(&Gauges {
+    let mut text = shared.metrics.render(&Gauges {
         capture_queue: shared.jobs.queued(Kind::Capture),
         profile_queue: shared.jobs.queued(Kind::Profile),
         running: shared
@@ -253,6 +253,9 @@ fn metrics(shared: &Shared) -> Response<Body> {
             .running
             .load(std::sync::atomic::Ordering::Relaxed),
     });
+    if let Some(recorder) = &shared.recorder {
+        text.push_str(&recorder.metrics());
+    }
     Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "text/plain; version=0.0.4")

@@ -494,13 +494,14 @@ fn run_capture(
     started: Instant,
 ) {
     let config = shared.config();
-    let mut extra = Vec::new();
+    let mut trigger = trigger;
+    let mut extra = flight_recorder(shared, id, &mut trigger);
     if let Some(spec) = profile {
         shared
             .jobs
             .update(id, |r| r.progress = Some("profiling".into()));
         match run_profile(shared, id, &spec) {
-            Ok(_) => extra = profile_members(&config.daemon.profile_dir.join(id)),
+            Ok(_) => extra.extend(profile_members(&config.daemon.profile_dir.join(id))),
             Err(err) => extra.push(ExtraMember {
                 name: "profile/error.txt".into(),
                 data: err.clone().into_bytes(),
@@ -540,6 +541,25 @@ fn run_capture(
             fail(shared, id, err);
         }
     }
+}
+
+/// The flight recorder's profiles up to now (the capture's trigger), as extra members;
+/// their time ranges go into the trigger details.
+fn flight_recorder(shared: &Shared, id: &str, trigger: &mut TriggerInfo) -> Vec<ExtraMember> {
+    let at = std::time::SystemTime::now();
+    let bundle = match &shared.recorder {
+        Some(recorder) => {
+            shared
+                .jobs
+                .update(id, |r| r.progress = Some("flight recorder".into()));
+            recorder.bundle(at)
+        }
+        None => crate::recorder::Bundle::unavailable(
+            "the flight recorder is disabled ([recorder] enabled = false) or could not start",
+        ),
+    };
+    trigger.details.extend(bundle.details);
+    bundle.members
 }
 
 fn record_outcome(r: &mut JobRecord, o: CaptureOutcome) {

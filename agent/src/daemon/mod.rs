@@ -77,6 +77,8 @@ pub struct Shared {
     pub stop: EventFd,
     shutting_down: AtomicBool,
     pub started: Instant,
+    /// The flight recorder (None: disabled in the config, or it could not start).
+    pub recorder: Option<crate::recorder::Recorder>,
 }
 
 impl Shared {
@@ -142,6 +144,7 @@ async fn serve(config_path: PathBuf, config: Config) -> Result<(), DaemonError> 
         None => None,
     };
     let socket_path = config.api.socket.clone();
+    let recorder = crate::recorder::Recorder::start(&config.recorder);
     let shared = Arc::new(Shared {
         config_path,
         config: RwLock::new(Arc::new(config)),
@@ -153,6 +156,7 @@ async fn serve(config_path: PathBuf, config: Config) -> Result<(), DaemonError> 
         stop,
         shutting_down: AtomicBool::new(false),
         started: Instant::now(),
+        recorder,
     });
     jobs::Jobs::start(&shared, queue_size).map_err(|source| DaemonError::Setup {
         what: "worker threads",
@@ -243,7 +247,13 @@ async fn serve(config_path: PathBuf, config: Config) -> Result<(), DaemonError> 
     let joined = Arc::clone(&shared);
     // The running capture completes (captures are seconds; systemd's TimeoutStopSec bounds
     // it), a running profile stops early and writes what it has, queued jobs fail.
-    let _ = tokio::task::spawn_blocking(move || joined.jobs.close_and_join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        joined.jobs.close_and_join();
+        if let Some(recorder) = &joined.recorder {
+            recorder.stop();
+        }
+    })
+    .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -298,6 +308,9 @@ pub fn reload(shared: &Shared) -> Result<(), String> {
         tracing::warn!(
             "[api] audit_log and [daemon] queue_size changes take effect at the next restart"
         );
+    }
+    if new.recorder != old.recorder {
+        tracing::warn!("[recorder] changes take effect at the next restart");
     }
     if old.api.listen.is_some() {
         *shared.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;

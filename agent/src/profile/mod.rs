@@ -81,7 +81,8 @@ impl Mode {
         }
     }
 
-    fn labels(self, target: &str, host: &str) -> (String, &'static str, Palette) {
+    /// Title, unit and colours of its flame graphs.
+    pub fn labels(self, target: &str, host: &str) -> (String, &'static str, Palette) {
         match self {
             Mode::Cpu => (
                 format!("On-CPU: {target} on {host}"),
@@ -282,12 +283,7 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
         .unwrap_or_else(|_| "this host".into());
     let mut outputs = Vec::new();
     for &mode in modes {
-        let (records, lock_table) = match mode {
-            Mode::Cpu => (records::oncpu(&raw), Vec::new()),
-            Mode::OffCpu => (records::offcpu(&raw), Vec::new()),
-            Mode::Locks => records::locks(&raw, &processes, &mut symbolizer),
-        };
-        let (folded, fold_stats) = fold::fold(&records, &raw.stacks, &processes, &mut symbolizer);
+        let (folded, fold_stats, lock_table) = fold_mode(mode, &raw, &processes, &mut symbolizer);
         let folded_path = request.output_dir.join(format!("{}.folded", mode.name()));
         let svg_path = request.output_dir.join(format!("{}.svg", mode.name()));
         write_atomically(&folded_path, |out| folded.write_to(out))?;
@@ -341,8 +337,24 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
     })
 }
 
+/// One mode of a raw profile, symbolized and folded; for locks, the per-lock table too.
+pub fn fold_mode(
+    mode: Mode,
+    raw: &bpf::RawProfile,
+    processes: &process::ProcessTable,
+    symbolizer: &mut symbolize::Symbolizer,
+) -> (stack::Folded, fold::FoldStats, Vec<LockSummary>) {
+    let (records, lock_table) = match mode {
+        Mode::Cpu => (records::oncpu(raw), Vec::new()),
+        Mode::OffCpu => (records::offcpu(raw), Vec::new()),
+        Mode::Locks => records::locks(raw, processes, symbolizer),
+    };
+    let (folded, stats) = fold::fold(&records, &raw.stacks, processes, symbolizer);
+    (folded, stats, lock_table)
+}
+
 /// `2026-12-04 15:43:13`, in UTC.
-fn utc_seconds(at: SystemTime) -> String {
+pub fn utc_seconds(at: SystemTime) -> String {
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     time::OffsetDateTime::from(at)
         .format(&format)
@@ -350,7 +362,7 @@ fn utc_seconds(at: SystemTime) -> String {
 }
 
 /// Snapshots processes the kernel saw for the first time, or again after an exec.
-fn take_notifications(session: &mut Session, processes: &mut process::ProcessTable) {
+pub fn take_notifications(session: &mut Session, processes: &mut process::ProcessTable) {
     for event in session.new_processes() {
         let len = event
             .comm
@@ -404,7 +416,7 @@ fn write_atomically(
 }
 
 /// Each mapped binary is held open for symbolization: allow as many as the hard limit.
-fn raise_fd_limit() {
+pub fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);

@@ -237,6 +237,17 @@ impl ProcessTable {
         }
     }
 
+    /// Forgets the processes marked exited by [`Self::refresh`] and closes the files only
+    /// they held open; returns how many files were closed. A long-running recorder calls
+    /// it after folding, so that the table does not grow with every process the host
+    /// ever ran.
+    pub fn forget_exited(&mut self) -> usize {
+        self.processes.retain(|_, p| !p.exited);
+        let before = self.files.len();
+        self.files.retain(|_, file| Arc::strong_count(file) > 1);
+        before - self.files.len()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &ProcessInfo> {
         self.processes.values()
     }

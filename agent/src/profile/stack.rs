@@ -44,6 +44,25 @@ impl Folded {
         *self.stacks.entry(line).or_default() += weight;
     }
 
+    /// Adds an already folded line (`frame;frame;...`, frames sanitized), e.g. one kept by
+    /// the flight recorder.
+    pub fn add_line(&mut self, stack: &str, weight: u64) {
+        if weight == 0 {
+            return;
+        }
+        match self.stacks.get_mut(stack) {
+            Some(n) => *n += weight,
+            None => {
+                self.stacks.insert(stack.to_owned(), weight);
+            }
+        }
+    }
+
+    /// Folded lines and their weights, in sorted order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.stacks.iter().map(|(s, n)| (s.as_str(), *n))
+    }
+
     pub fn total(&self) -> u64 {
         self.stacks.values().sum()
     }

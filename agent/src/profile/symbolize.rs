@@ -33,6 +33,8 @@ pub struct Symbolizer {
     kernel: HashMap<u64, FrameNames>,
     /// (object identity, file offset) -> names, shared by every process mapping the file.
     user: HashMap<(usize, u64), FrameNames>,
+    /// Read DWARF (inlined functions) when a file has it; off: ELF symbols only.
+    debug_syms: bool,
     pub stats: SymbolizeStats,
 }
 
@@ -59,8 +61,31 @@ impl Symbolizer {
                 .build(),
             kernel: HashMap::new(),
             user: HashMap::new(),
+            debug_syms: true,
             stats: SymbolizeStats::default(),
         }
+    }
+
+    /// Names from ELF symbol tables only, no DWARF: inlined functions are not shown, but
+    /// big binaries with debug info (a compiler, a browser) cost a few MiB instead of
+    /// hundreds. For the always-on flight recorder, which symbolizes every window of the
+    /// whole host within a memory budget.
+    pub fn symbols_only() -> Self {
+        Self {
+            inner: Blazesym::builder()
+                .enable_inlined_fns(false)
+                .enable_code_info(false)
+                .enable_demangling(true)
+                .build(),
+            debug_syms: false,
+            ..Self::new()
+        }
+    }
+
+    fn elf(&self, object: &ObjectFile) -> Source<'static> {
+        let mut elf = Elf::new(object.fd_path());
+        elf.debug_syms = self.debug_syms;
+        Source::Elf(elf)
     }
 
     /// Names kernel addresses (`lookup` adjusted: see [`lookup_addr`]).
@@ -139,7 +164,7 @@ impl Symbolizer {
         }
         for (id, (object, pairs)) in by_file {
             let offsets: Vec<u64> = pairs.iter().map(|(_, off)| *off).collect();
-            let source = Source::Elf(Elf::new(object.fd_path()));
+            let source = self.elf(&object);
             let results = self.inner.symbolize(&source, Input::FileOffset(&offsets));
             if let Err(err) = &results {
                 tracing::debug!(file = %object.path.display(), "symbolization failed: {err}");
@@ -163,7 +188,7 @@ impl Symbolizer {
     /// from the symbols of the object it lies in. `None` for heap and stack addresses.
     pub fn data(&mut self, process: &ProcessInfo, addr: u64) -> Option<String> {
         let (object, vaddr) = process.data_address(addr)?;
-        let source = Source::Elf(Elf::new(object.fd_path()));
+        let source = self.elf(object);
         let results = self
             .inner
             .symbolize(&source, Input::VirtOffset(&[vaddr]))
