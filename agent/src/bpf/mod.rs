@@ -3,6 +3,7 @@
 //! the object once per profile; one module per probe family attaches and drains that
 //! family's programs and maps: [`oncpu`], [`offcpu`], [`locks`].
 
+pub mod exec;
 pub mod locks;
 pub mod offcpu;
 pub mod oncpu;
