@@ -42,6 +42,12 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[daemon]`: the daemon's job queue, worker priority and profile storage.
     pub daemon: DaemonConfig,
+    /// `[history]`: the daemon's exec history (see `crate::history`).
+    pub history: crate::history::HistoryConfig,
+    /// `[preserve]`: the staging area of `hindsight preserve`.
+    pub preserve: crate::history::staging::PreserveConfig,
+    /// `[[triggers]]`: automatic capture rules (see `crate::triggers`). Default: none.
+    pub triggers: Vec<crate::triggers::TriggerRule>,
 }
 
 /// A role granted to a caller of the daemon's API.
@@ -285,7 +291,16 @@ impl Config {
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         self.validate_capture(path)?;
-        self.validate_daemon(path)
+        self.validate_daemon(path)?;
+        self.history
+            .validate()
+            .and_then(|()| self.preserve.validate())
+            .and_then(|()| crate::triggers::validate(&self.triggers))
+            .map_err(|(key, message)| ConfigError::Value {
+                path: path.to_owned(),
+                key,
+                message,
+            })
     }
 
     fn validate_daemon(&self, path: &Path) -> Result<(), ConfigError> {

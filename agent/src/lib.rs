@@ -14,5 +14,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod history;
 pub mod paths;
 pub mod profile;
+pub mod triggers;

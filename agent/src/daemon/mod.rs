@@ -77,6 +77,8 @@ pub struct Shared {
     pub stop: EventFd,
     shutting_down: AtomicBool,
     pub started: Instant,
+    /// The exec history (None: `[history] enabled = false`).
+    pub history: Option<Arc<crate::history::ExecHistory>>,
 }
 
 impl Shared {
@@ -142,6 +144,11 @@ async fn serve(config_path: PathBuf, config: Config) -> Result<(), DaemonError> 
         None => None,
     };
     let socket_path = config.api.socket.clone();
+    let (exits_tx, exits_rx) = std::sync::mpsc::channel();
+    let history = config
+        .history
+        .enabled
+        .then(|| crate::history::ExecHistory::start(&config.history, Some(exits_tx)));
     let shared = Arc::new(Shared {
         config_path,
         config: RwLock::new(Arc::new(config)),
@@ -153,9 +160,14 @@ async fn serve(config_path: PathBuf, config: Config) -> Result<(), DaemonError> 
         stop,
         shutting_down: AtomicBool::new(false),
         started: Instant::now(),
+        history,
     });
     jobs::Jobs::start(&shared, queue_size).map_err(|source| DaemonError::Setup {
         what: "worker threads",
+        source,
+    })?;
+    crate::triggers::start(&shared, exits_rx).map_err(|source| DaemonError::Setup {
+        what: "trigger thread",
         source,
     })?;
     let sig = |kind, what| signal(kind).map_err(|source| DaemonError::Setup { what, source });
@@ -244,6 +256,9 @@ async fn serve(config_path: PathBuf, config: Config) -> Result<(), DaemonError> 
     // The running capture completes (captures are seconds; systemd's TimeoutStopSec bounds
     // it), a running profile stops early and writes what it has, queued jobs fail.
     let _ = tokio::task::spawn_blocking(move || joined.jobs.close_and_join()).await;
+    if let Some(history) = &shared.history {
+        history.stop();
+    }
     tracing::info!("stopped");
     Ok(())
 }
