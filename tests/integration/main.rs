@@ -4,5 +4,6 @@
 
 mod capture;
 mod daemon;
+mod history;
 mod profile;
 mod support;

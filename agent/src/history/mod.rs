@@ -177,7 +177,8 @@ impl ExecHistory {
             state
                 .ended
                 .retain(|_, t| mono.saturating_sub(*t) < 5_000_000_000);
-            if last_counters.elapsed() >= Duration::from_secs(1) || stopping {
+            // Fresh enough for a capture's summary, without a syscall per event.
+            if last_counters.elapsed() >= Duration::from_millis(200) || stopping {
                 last_counters = std::time::Instant::now();
                 match probes.counters() {
                     Ok(c) => state.counters = c,
