@@ -7,3 +7,4 @@ mod daemon;
 mod history;
 mod profile;
 mod support;
+mod triggers;

@@ -499,7 +499,13 @@ fn consider(shared: &Arc<Shared>, rule: &TriggerRule, state: &mut RuleState, obs
         Duration::from_secs(rule.cooldown_secs),
         rule.max_per_hour,
     ) {
-        tracing::info!(rule = %rule.name, "trigger suppressed ({why}): {}", obs.summary);
+        // A condition that keeps holding (pressure, a full disk) would log every second:
+        // the first suppression after a firing is logged, the rest only at debug level.
+        if gate.suppressed == 1 {
+            tracing::info!(rule = %rule.name, "trigger suppressed ({why}): {}", obs.summary);
+        } else {
+            tracing::debug!(rule = %rule.name, "trigger suppressed ({why}): {}", obs.summary);
+        }
         return;
     }
     let suppressed = std::mem::take(&mut gate.suppressed);
