@@ -37,8 +37,11 @@ pub struct BenchArgs {
     /// Repetitions of the latency/memory measurement.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Commands spawned for the exec-history measurement.
+    #[arg(long, default_value_t = 5000)]
+    spawns: usize,
     /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu"])]
+    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu", "history"])]
     only: Vec<Part>,
     /// Where the report, profiles and fixtures go.
     #[arg(long, default_value = "target/bench")]
@@ -52,6 +55,8 @@ enum Part {
     Fidelity,
     /// Off-CPU and locks on a context-switch-heavy workload, beside bpftrace.
     Offcpu,
+    /// Exec history: spawn-rate cost and no lost events (xtask/src/bench_history.rs).
+    History,
 }
 
 pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
@@ -75,6 +80,9 @@ pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
     }
     if args.only.contains(&Part::Offcpu) {
         report += &offcpu(ws, &bin, &out, args, cpus)?;
+    }
+    if args.only.contains(&Part::History) {
+        report += &crate::bench_history::history(&bin, &out, args.spawns)?;
     }
     println!("\n{report}");
     fs::write(out.join("report.md"), &report)?;

@@ -14,7 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek as _, SeekFrom, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -109,6 +109,17 @@ pub fn preserve(config: &PreserveConfig, source: &Path) -> Result<Staged, Preser
         .mode(0o700)
         .create(dir)
         .map_err(io("creating the staging directory", dir))?;
+    // logrotate runs this as root, but the daemon (its own user under systemd) reads and
+    // removes what is staged: hand everything to the owner of the state directory.
+    let owner = dir.parent().and_then(|p| fs::metadata(p).ok());
+    let give = |path: &Path| {
+        if let Some(m) = &owner
+            && let Err(err) = std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()))
+        {
+            tracing::debug!("chown {}: {err}", path.display());
+        }
+    };
+    give(dir);
     remove_incomplete(dir);
     let mut input = OpenOptions::new()
         .read(true)
@@ -166,6 +177,7 @@ pub fn preserve(config: &PreserveConfig, source: &Path) -> Result<Staged, Preser
         let _ = fs::remove_file(&tmp);
         return Err(io("copying", source)(err));
     }
+    give(&tmp);
     let final_path = dir.join(&name);
     fs::rename(&tmp, &final_path).map_err(io("renaming", &final_path))?;
     let staged = Staged {
@@ -178,11 +190,16 @@ pub fn preserve(config: &PreserveConfig, source: &Path) -> Result<Staged, Preser
         sha256: hex::encode(hasher.finalize()),
         file: name.clone(),
     };
-    write_record(dir, &name, &staged)?;
+    write_record(dir, &name, &staged, give)?;
     Ok(staged)
 }
 
-fn write_record(dir: &Path, name: &str, staged: &Staged) -> Result<(), PreserveError> {
+fn write_record(
+    dir: &Path,
+    name: &str,
+    staged: &Staged,
+    give: impl Fn(&Path),
+) -> Result<(), PreserveError> {
     let tmp = dir.join(format!(".{name}.json.partial"));
     let path = dir.join(format!("{name}.json"));
     let mut f = OpenOptions::new()
@@ -195,6 +212,7 @@ fn write_record(dir: &Path, name: &str, staged: &Staged) -> Result<(), PreserveE
     f.write_all(&serde_json::to_vec_pretty(staged).expect("serializes"))
         .and_then(|()| f.sync_all())
         .map_err(io("writing", &tmp))?;
+    give(&tmp);
     fs::rename(&tmp, &path).map_err(io("renaming", &path))?;
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
