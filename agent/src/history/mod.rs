@@ -80,7 +80,8 @@ pub struct ExecHistory {
     state: Mutex<State>,
     /// Why there is no history (probes not attached), for the capture's note.
     unavailable: Mutex<Option<String>>,
-    stop: EventFd,
+    /// Wakes the recorder thread to stop (None: the thread was never started).
+    stop: Option<EventFd>,
     config: HistoryConfig,
 }
 
@@ -114,9 +115,16 @@ impl ExecHistory {
             }),
             unavailable: Mutex::new(None),
             stop: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-                .expect("eventfd"),
+                .ok(),
             config: config.clone(),
         });
+        if history.stop.is_none() {
+            *history
+                .unavailable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some("no eventfd for its thread".into());
+            return history;
+        }
         let probes = match ExecProbes::start() {
             Ok(p) => p,
             Err(err) => {
@@ -151,15 +159,18 @@ impl ExecHistory {
 
     /// Stops the recorder thread (it detaches the probes as it exits).
     pub fn stop(&self) {
-        let _ = self.stop.write(1);
+        if let Some(stop) = &self.stop {
+            let _ = stop.write(1);
+        }
     }
 
     fn run(&self, mut probes: ExecProbes) {
+        let Some(stop) = &self.stop else { return };
         let mut last_counters = std::time::Instant::now();
         loop {
             let mut fds = [
                 PollFd::new(probes.fd(), PollFlags::POLLIN),
-                PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::from(1000u16)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}

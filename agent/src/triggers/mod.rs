@@ -593,6 +593,19 @@ mod tests {
     }
 
     #[test]
+    fn packaged_config_examples_parse_when_uncommented() {
+        let text = include_str!("../../../packaging/hindsight.toml");
+        let start = text.find("# [[triggers]]").unwrap();
+        let uncommented: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config = crate::config::Config::parse(&uncommented, std::path::Path::new("x")).unwrap();
+        assert_eq!(config.triggers.len(), 4);
+    }
+
+    #[test]
     fn rules_validate_and_name_the_bad_key() {
         rules(
             r#"
