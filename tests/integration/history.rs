@@ -116,7 +116,18 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM, as systemd stops it, so that it detaches its probes and unmounts a
+    /// tracefs it mounted; SIGKILL only if it does not exit within 20 s.
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

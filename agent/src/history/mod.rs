@@ -82,6 +82,9 @@ pub struct ExecHistory {
     unavailable: Mutex<Option<String>>,
     /// Wakes the recorder thread to stop (None: the thread was never started).
     stop: Option<EventFd>,
+    /// The recorder thread, joined by [`ExecHistory::stop`] so that the probes are
+    /// detached (and a tracefs we mounted unmounted) before the daemon exits.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     config: HistoryConfig,
 }
 
@@ -116,6 +119,7 @@ impl ExecHistory {
             unavailable: Mutex::new(None),
             stop: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .ok(),
+            thread: Mutex::new(None),
             config: config.clone(),
         });
         if history.stop.is_none() {
@@ -141,26 +145,36 @@ impl ExecHistory {
         let spawned = std::thread::Builder::new()
             .name("exec-history".into())
             .spawn(move || h.run(probes));
-        if let Err(err) = spawned {
-            tracing::warn!("exec history is off: cannot start its thread: {err}");
-            *history
-                .unavailable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) =
-                Some(format!("cannot start its thread: {err}"));
-        } else {
-            tracing::info!(
-                window_secs = config.window_secs,
-                "exec history recording (eBPF)"
-            );
+        match spawned {
+            Err(err) => {
+                tracing::warn!("exec history is off: cannot start its thread: {err}");
+                *history
+                    .unavailable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("cannot start its thread: {err}"));
+            }
+            Ok(handle) => {
+                *history.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+                tracing::info!(
+                    window_secs = config.window_secs,
+                    "exec history recording (eBPF)"
+                );
+            }
         }
         history
     }
 
-    /// Stops the recorder thread (it detaches the probes as it exits).
+    /// Stops the recorder thread and waits for it to detach the probes.
     pub fn stop(&self) {
         if let Some(stop) = &self.stop {
             let _ = stop.write(1);
+        }
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the exec-history thread panicked");
         }
     }
 
