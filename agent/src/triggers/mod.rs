@@ -273,6 +273,12 @@ struct RuleState {
 /// the thread always runs, and costs nothing without rules). `exits` comes from the exec
 /// history's probes.
 pub fn start(shared: &Arc<Shared>, exits: Receiver<ProcessEnd>) -> std::io::Result<()> {
+    let config = shared.config();
+    if !config.history.enabled && config.triggers.iter().any(|r| r.kind == TriggerKind::Exit) {
+        tracing::warn!(
+            "[[triggers]] exit rules need the exec-history probes: with [history] enabled = false they never fire"
+        );
+    }
     let shared = Arc::clone(shared);
     std::thread::Builder::new()
         .name("triggers".into())
