@@ -45,6 +45,12 @@ pub struct Config {
     /// `[recorder]`: the daemon's flight recorder (continuous profiling kept in memory and
     /// bundled into every capture).
     pub recorder: crate::recorder::RecorderConfig,
+    /// `[history]`: the daemon's exec history (see `crate::history`).
+    pub history: crate::history::HistoryConfig,
+    /// `[preserve]`: the staging area of `hindsight preserve`.
+    pub preserve: crate::history::staging::PreserveConfig,
+    /// `[[triggers]]`: automatic capture rules (see `crate::triggers`). Default: none.
+    pub triggers: Vec<crate::triggers::TriggerRule>,
 }
 
 /// A role granted to a caller of the daemon's API.
@@ -294,6 +300,15 @@ impl Config {
             .map_err(|(key, message)| ConfigError::Value {
                 path: path.to_owned(),
                 key: format!("recorder.{key}"),
+                message,
+            })?;
+        self.history
+            .validate()
+            .and_then(|()| self.preserve.validate())
+            .and_then(|()| crate::triggers::validate(&self.triggers))
+            .map_err(|(key, message)| ConfigError::Value {
+                path: path.to_owned(),
+                key,
                 message,
             })
     }

@@ -15,6 +15,8 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod history;
 pub mod paths;
 pub mod profile;
 pub mod recorder;
+pub mod triggers;

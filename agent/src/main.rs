@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => hindsight::cli::verify::run(args),
         Command::Agent(args) => hindsight::cli::agent::run(args),
         Command::Trigger(args) => hindsight::cli::trigger::run(args),
+        Command::Preserve(args) => hindsight::cli::preserve::run(args),
         Command::GenerateAssets(args) => hindsight::cli::assets::run(args),
     };
     match result {

@@ -87,3 +87,7 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
     "**/.pgpass",
     "**/.netrc",
 ];
+
+/// Where `hindsight preserve` stages logs until the next capture (`[preserve]
+/// staging_dir`); under StateDirectory.
+pub const DEFAULT_STAGING_DIR: &str = "/var/lib/hindsight/staging";

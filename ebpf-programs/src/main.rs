@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod exec;
 mod locks;
 mod offcpu;
 mod oncpu;

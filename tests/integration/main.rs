@@ -4,7 +4,9 @@
 
 mod capture;
 mod daemon;
+mod history;
 mod profile;
 mod recorder;
 mod support;
+mod triggers;
 mod unwind;

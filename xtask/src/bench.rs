@@ -45,8 +45,11 @@ pub struct BenchArgs {
     /// Repetitions of the latency/memory measurement.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Commands spawned for the exec-history measurement.
+    #[arg(long, default_value_t = 5000)]
+    spawns: usize,
     /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu", "unwind", "recorder"])]
+    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu", "unwind", "recorder", "history"])]
     only: Vec<Part>,
     /// `--unwind` of the agent in the overhead, latency and offcpu parts (the unwind part
     /// compares the modes itself).
@@ -68,6 +71,8 @@ enum Part {
     Unwind,
     /// The daemon's always-on flight recorder: CPU idle and under load, throughput, RSS.
     Recorder,
+    /// Exec history: spawn-rate cost and no lost events (xtask/src/bench_history.rs).
+    History,
 }
 
 pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
@@ -97,6 +102,9 @@ pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
     }
     if args.only.contains(&Part::Recorder) {
         report += &recorder(ws, &bin, &out, args, cpus)?;
+    }
+    if args.only.contains(&Part::History) {
+        report += &crate::bench_history::history(&bin, &out, args.spawns)?;
     }
     println!("\n{report}");
     fs::write(out.join("report.md"), &report)?;

@@ -6,6 +6,7 @@
 //! auto-installing anything (`RUSTUP_AUTO_INSTALL=0` here).
 
 mod bench;
+mod bench_history;
 mod package;
 mod setup;
 

@@ -4,6 +4,7 @@
 //! family's programs and maps: [`oncpu`], [`offcpu`], [`locks`]. [`window`] drains a
 //! session that keeps running (the flight recorder).
 
+pub mod exec;
 pub mod locks;
 pub mod offcpu;
 pub mod oncpu;

@@ -111,6 +111,10 @@ impl Session {
             .map_max_entries("CPU_COUNTS", config.sizes.keys)
             .map_max_entries("OFFCPU", config.sizes.keys)
             .map_max_entries("LOCKS", config.sizes.keys)
+            // The exec-history maps (bpf/exec.rs) are created with the object but unused
+            // by a profile: the smallest sizes allowed.
+            .map_max_entries("HISTORY_EVENTS", 4096)
+            .map_max_entries("PARENTS", 1)
             .load(OBJECT)?;
 
         let mut tgids: BpfHashMap<_, u32, u8> = take_map(&mut ebpf, "TARGET_TGIDS")?;

@@ -102,6 +102,39 @@ impl Redactor {
         Redacted { text, count }
     }
 
+    /// Redacts a command line argument by argument: `--password=x` and `password=x`
+    /// keep their key, the argument after a bare secret-named flag (`--token x`) is
+    /// replaced whole, and the rules that apply anywhere (URL passwords, AWS key ids,
+    /// `patterns`) apply to every argument.
+    pub fn redact_argv(&self, argv: &[String]) -> (Vec<String>, u32) {
+        let mut count = 0;
+        let mut out = Vec::with_capacity(argv.len());
+        let mut secret_next = false;
+        for arg in argv {
+            if std::mem::take(&mut secret_next) && !arg.starts_with('-') {
+                count += 1;
+                out.push(MARK.to_owned());
+                continue;
+            }
+            let key = arg.trim_start_matches('-');
+            if let Some((k, value)) = key.split_once('=')
+                && self.key_name.is_match(k)
+                && !value.is_empty()
+            {
+                count += 1;
+                out.push(format!("{}={MARK}", &arg[..arg.len() - value.len() - 1]));
+                continue;
+            }
+            if arg.starts_with('-') && !key.contains('=') && self.key_name.is_match(key) {
+                secret_next = true;
+            }
+            let r = self.redact_text(arg);
+            count += r.count;
+            out.push(r.text);
+        }
+        (out, count)
+    }
+
     /// Rules that apply anywhere in any text.
     fn common(&self, text: &str, count: &mut u32) -> String {
         let text = self.url_password.replace_all(text, |c: &Captures| {
@@ -140,6 +173,37 @@ fn quote_like(val: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argv_secrets_are_redacted_argument_by_argument() {
+        let r = Redactor::new(&RedactConfig::default()).unwrap();
+        let argv: Vec<String> = [
+            "mysql",
+            "--password=hunter2-XYZ",
+            "--api-token",
+            "t0ps3cret",
+            "postgres://bob:pw123@db/x",
+            "--verbose",
+            "plain",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (out, count) = r.redact_argv(&argv);
+        assert_eq!(
+            out,
+            [
+                "mysql",
+                "--password=[REDACTED]",
+                "--api-token",
+                "[REDACTED]",
+                "postgres://bob:[REDACTED]@db/x",
+                "--verbose",
+                "plain"
+            ]
+        );
+        assert_eq!(count, 3);
+    }
 
     fn redactor() -> Redactor {
         Redactor::new(&RedactConfig::default()).unwrap()

@@ -23,6 +23,14 @@ use crate::paths;
 /// its CN or a SAN maps to roles in [api.roles]. Every request is appended to the audit
 /// log ([api] audit_log, JSON lines).
 ///
+/// While it runs, the daemon records every command run on the host with eBPF ([history]:
+/// the last 15 minutes by default) and adds that history, argv redacted, to every capture
+/// it takes, with logs staged by `hindsight preserve`. [[triggers]] rules start captures
+/// on their own (memory/cpu/io pressure, a watched process dying, a log line, a full
+/// disk), each with a cooldown and an hourly cap; the manifest names the rule and what it
+/// saw. Without CAP_BPF/CAP_PERFMON or tracefs the history and the exit rule are off (the
+/// log says why) and everything else works.
+///
 /// Examples:
 ///   hindsight agent --config /etc/hindsight/hindsight.toml
 ///   hindsight trigger --reason "INC-2291" --wait        # from another shell

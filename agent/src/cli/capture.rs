@@ -64,7 +64,7 @@ pub fn run(args: CaptureArgs) -> Result<()> {
     };
     let config = Config::load(&path, explicit)?;
     let config_path = (explicit || path.exists()).then_some(path);
-    let mut capture = config.capture;
+    let mut capture = config.capture.clone();
     if let Some(dir) = args.output_dir {
         capture.output_dir = dir;
     }
@@ -100,10 +100,15 @@ pub fn run(args: CaptureArgs) -> Result<()> {
     );
     request.extra_members = no_recorder.members;
     request.trigger.details.extend(no_recorder.details);
+    request.extra_members.push(crate::history::cli_member());
+    let staged = crate::history::staging::attach(&mut request, &config.preserve);
     if tty {
         request.progress = Some(&mut show);
     }
     let outcome = crate::capture::run(request).context("capture failed")?;
+    if let Some(staged) = staged {
+        staged.remove();
+    }
     if args.json {
         println!("{}", serde_json::to_string(&outcome)?);
     } else {

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod assets;
 pub mod capture;
 pub mod keygen;
+pub mod preserve;
 pub mod profile;
 pub mod trigger;
 pub mod verify;
@@ -32,6 +33,7 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     Agent(agent::AgentArgs),
     Trigger(trigger::TriggerArgs),
+    Preserve(preserve::PreserveArgs),
     /// Write man pages and shell completions (used by `cargo xtask package`).
     #[command(hide = true)]
     GenerateAssets(assets::AssetsArgs),

@@ -519,12 +519,20 @@ fn run_capture(
         };
         shared.jobs.update(id, |r| r.progress = Some(text));
     };
+    extra.extend(crate::history::capture_members(
+        shared.history.as_deref(),
+        &config,
+    ));
     let mut request = CaptureRequest::new(reason, config.capture.clone());
     request.trigger = trigger;
     request.config_path = Some(shared.config_path.clone());
     request.extra_members = extra;
     request.progress = Some(&mut progress);
+    let staged = crate::history::staging::attach(&mut request, &config.preserve);
     let result = crate::capture::run(request);
+    if let (Ok(_), Some(staged)) = (&result, staged) {
+        staged.remove();
+    }
     let m = &shared.metrics;
     Metrics::add(&m.capture_millis, started.elapsed().as_millis() as u64);
     match result {

@@ -79,6 +79,8 @@ pub struct Shared {
     pub started: Instant,
     /// The flight recorder (None: disabled in the config, or it could not start).
     pub recorder: Option<crate::recorder::Recorder>,
+    /// The exec history (None: `[history] enabled = false`).
+    pub history: Option<Arc<crate::history::ExecHistory>>,
 }
 
 impl Shared {
@@ -145,6 +147,11 @@ async fn serve(config_path: PathBuf, config: Config) -> Result<(), DaemonError> 
     };
     let socket_path = config.api.socket.clone();
     let recorder = crate::recorder::Recorder::start(&config.recorder);
+    let (exits_tx, exits_rx) = std::sync::mpsc::channel();
+    let history = config
+        .history
+        .enabled
+        .then(|| crate::history::ExecHistory::start(&config.history, Some(exits_tx)));
     let shared = Arc::new(Shared {
         config_path,
         config: RwLock::new(Arc::new(config)),
@@ -157,9 +164,14 @@ async fn serve(config_path: PathBuf, config: Config) -> Result<(), DaemonError> 
         shutting_down: AtomicBool::new(false),
         started: Instant::now(),
         recorder,
+        history,
     });
     jobs::Jobs::start(&shared, queue_size).map_err(|source| DaemonError::Setup {
         what: "worker threads",
+        source,
+    })?;
+    crate::triggers::start(&shared, exits_rx).map_err(|source| DaemonError::Setup {
+        what: "trigger thread",
         source,
     })?;
     let sig = |kind, what| signal(kind).map_err(|source| DaemonError::Setup { what, source });
@@ -254,6 +266,9 @@ async fn serve(config_path: PathBuf, config: Config) -> Result<(), DaemonError> 
         }
     })
     .await;
+    if let Some(history) = &shared.history {
+        history.stop();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -320,3 +320,105 @@ mod pod {
     // padding, every bit pattern valid.
     unsafe impl aya::Pod for super::LockKey {}
 }
+
+/// Exec history and process deaths (ebpf-programs/src/exec.rs → agent/src/bpf/exec.rs).
+/// Every event on the `HISTORY_EVENTS` ring buffer starts with a `u32` kind, so user
+/// space can tell them apart; they share one ring so that an exec's result is always read
+/// after the exec itself.
+pub mod history {
+    /// Arguments read per exec; more set [`flags::ARGS_TRUNCATED`].
+    pub const MAX_ARGS: usize = 16;
+    /// Bytes kept per argument, NUL included; longer ones set [`flags::ARG_TRUNCATED`].
+    pub const ARG_LEN: usize = 128;
+    /// Bytes kept of the executed path, NUL included.
+    pub const FILENAME_LEN: usize = 256;
+
+    /// The first `u32` of every event.
+    pub mod kind {
+        /// An [`ExecEvent`](super::ExecEvent): `execve`/`execveat` entered.
+        pub const EXEC: u32 = 1;
+        /// An [`ExecResult`](super::ExecResult): `execve`/`execveat` returned.
+        pub const RESULT: u32 = 2;
+        /// An [`ExitEvent`](super::ExitEvent): `exit_group` or a fatal signal.
+        pub const EXIT: u32 = 3;
+    }
+
+    /// Bits of [`ExecEvent::flags`].
+    pub mod flags {
+        /// argv had more than `MAX_ARGS` entries.
+        pub const ARGS_TRUNCATED: u32 = 1 << 0;
+        /// At least one argument was longer than `ARG_LEN - 1` bytes.
+        pub const ARG_TRUNCATED: u32 = 1 << 1;
+        /// The path was longer than `FILENAME_LEN - 1` bytes.
+        pub const FILENAME_TRUNCATED: u32 = 1 << 2;
+        /// `execveat` rather than `execve` (the path may be relative to a descriptor).
+        pub const EXECVEAT: u32 = 1 << 3;
+        /// argv could not be read (a fault in the caller's memory).
+        pub const ARGV_FAULT: u32 = 1 << 4;
+    }
+
+    /// Indexes of the per-CPU `HISTORY_COUNTERS` array.
+    pub mod counter {
+        pub const EXECS: u32 = 0;
+        /// Exec events lost: the ring buffer was full.
+        pub const EXECS_LOST: u32 = 1;
+        pub const RESULTS_LOST: u32 = 2;
+        pub const EXITS: u32 = 3;
+        pub const EXITS_LOST: u32 = 4;
+        pub const COUNT: u32 = 5;
+    }
+
+    /// One `execve`/`execveat` call, as entered (its outcome follows as an [`ExecResult`]).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct ExecEvent {
+        pub kind: u32,
+        pub tgid: u32,
+        /// Thread id of the caller.
+        pub pid: u32,
+        /// Process that forked the caller, when the fork was seen (0: not seen).
+        pub ppid: u32,
+        pub uid: u32,
+        pub gid: u32,
+        /// cgroup v2 id of the caller.
+        pub cgroup_id: u64,
+        /// CLOCK_MONOTONIC (`bpf_ktime_get_ns`).
+        pub time_ns: u64,
+        /// Arguments read (≤ `MAX_ARGS`).
+        pub argc: u32,
+        pub flags: u32,
+        /// `comm` of the caller (the name before the exec).
+        pub comm: [u8; 16],
+        pub filename: [u8; FILENAME_LEN],
+        /// Each NUL-terminated.
+        pub args: [[u8; ARG_LEN]; MAX_ARGS],
+    }
+
+    /// What an `execve`/`execveat` returned: 0, or a negated errno.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct ExecResult {
+        pub kind: u32,
+        /// Thread id (the same as the exec's, except when a non-leader thread execs).
+        pub pid: u32,
+        pub ret: i64,
+        pub time_ns: u64,
+    }
+
+    /// A process ending: `exit_group(code)` entered (`signal == 0`), or a fatal signal
+    /// delivered with its default action (`signal != 0`).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct ExitEvent {
+        pub kind: u32,
+        pub tgid: u32,
+        pub pid: u32,
+        pub signal: u32,
+        /// `exit_group`'s argument (only with `signal == 0`).
+        pub code: i32,
+        pub _pad: u32,
+        pub cgroup_id: u64,
+        pub time_ns: u64,
+        pub comm: [u8; 16],
+    }
+}
