@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, os::fd::AsFd as _};
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use crate::profile::{Mode, TaskState};
+use crate::profile::{Format, Mode, TaskState};
 use nix::sys::{
     signal::{SigSet, Signal},
     signalfd::{SfdFlags, SignalFd},
@@ -27,8 +27,9 @@ use nix::sys::{
 ///           per waiter stack and lock. Weight = microseconds waited; a futex is named by
 ///           the global variable it lies in when the binary has symbols.
 ///   all     all of the above.
-/// Each mode writes OUTPUT_DIR/<mode>.folded and OUTPUT_DIR/<mode>.svg; a summary (top
-/// functions, waits and contended locks) goes to stdout. Filters (--pid, --cgroup, --unit)
+/// Each mode writes OUTPUT_DIR/<mode>.folded and OUTPUT_DIR/<mode>.svg (--format adds
+/// <mode>.pb.gz, pprof); a summary (top functions, waits and contended locks; --top rows)
+/// goes to stdout. Filters (--pid, --cgroup, --unit)
 /// run in the kernel. Needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE (to read
 /// other processes' memory maps and binaries).
 ///
@@ -91,9 +92,34 @@ pub struct ProfileArgs {
     #[arg(long = "state", value_delimiter = ',', value_name = "STATES")]
     pub states: Vec<TaskState>,
 
-    /// Directory for the <mode>.folded and <mode>.svg files (created if missing).
+    /// Directory for the <mode>.folded, <mode>.svg and <mode>.pb.gz files (created if
+    /// missing).
     #[arg(long, short = 'o', default_value = ".", value_name = "DIR")]
     pub output_dir: PathBuf,
+
+    /// What to write per mode, a comma list: svg (flame graph), folded (folded stacks),
+    /// pprof (<mode>.pb.gz, for go tool pprof, Pyroscope, Parca, speedscope; samples carry
+    /// process, pid, cgroup and unit labels).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "svg,folded",
+        value_name = "FORMATS"
+    )]
+    pub format: Vec<Format>,
+
+    /// Draw icicle graphs: the root at the top, stacks growing down.
+    #[arg(long)]
+    pub icicle: bool,
+
+    /// Reverse the stacks: leaf functions at the root with their callers above them, so a
+    /// function called from many places is one wide frame.
+    #[arg(long)]
+    pub reversed: bool,
+
+    /// Rows in the summary's lists of top functions (cpu) and waits (offcpu, locks).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub top: usize,
 }
 
 /// A `--mode` value.

@@ -154,6 +154,7 @@ pub fn profile_request(spec: &ProfileSpec, output_dir: PathBuf) -> ProfileReques
             states: TaskState::ALL.to_vec(),
         },
         output_dir,
+        output: crate::profile::OutputOptions::default(),
     }
 }
 

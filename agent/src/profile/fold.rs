@@ -84,12 +84,33 @@ fn is_tracing_frame(name: &str) -> bool {
     PREFIXES.iter().any(|p| name.starts_with(p)) || name.ends_with("[bpf]")
 }
 
+/// One record's stack as frames (the process name first), with its process: what pprof
+/// export labels by process and cgroup before processes are merged by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStack {
+    pub tgid: u32,
+    pub frames: Vec<String>,
+    pub weight: u64,
+}
+
+/// Folds the records into one profile, processes of the same name merged.
 pub fn fold(
     records: &[Record],
     stacks: &HashMap<u32, Vec<u64>>,
     processes: &ProcessTable,
     symbolizer: &mut Symbolizer,
 ) -> (Folded, FoldStats) {
+    let (stacks, stats) = fold_stacks(records, stacks, processes, symbolizer);
+    (Folded::from_stacks(&stacks), stats)
+}
+
+/// Resolves every record to frames, one [`ProcessStack`] per record.
+pub fn fold_stacks(
+    records: &[Record],
+    stacks: &HashMap<u32, Vec<u64>>,
+    processes: &ProcessTable,
+    symbolizer: &mut Symbolizer,
+) -> (Vec<ProcessStack>, FoldStats) {
     let mut stats = FoldStats::default();
     let stack = |id: i32| -> Option<&Vec<u64>> {
         if id < 0 {
@@ -124,7 +145,7 @@ pub fn fold(
         user_names.insert(*tgid, names);
     }
 
-    let mut folded = Folded::default();
+    let mut folded = Vec::with_capacity(records.len());
     let mut seen = BTreeSet::new();
     for r in records {
         stats.weight += r.weight;
@@ -184,7 +205,13 @@ pub fn fold(
         if let Some(leaf) = &r.leaf {
             frames.push(leaf.clone());
         }
-        folded.add(&frames, r.weight);
+        if r.weight > 0 {
+            folded.push(ProcessStack {
+                tgid: r.tgid,
+                frames,
+                weight: r.weight,
+            });
+        }
     }
     stats.processes = seen.len();
     stats.exited = seen
