@@ -4,5 +4,6 @@
 
 mod capture;
 mod daemon;
+mod labs;
 mod profile;
 mod support;

@@ -152,6 +152,14 @@ impl ProfileArgs {
 
 pub fn run(args: ProfileArgs) -> Result<()> {
     let request = crate::profile::ProfileRequest::from_cli(&args)?;
+    println!("{}", run_request(&request)?);
+    Ok(())
+}
+
+/// Takes one profile; Ctrl-C or SIGTERM end it early (it is still written).
+pub fn run_request(
+    request: &crate::profile::ProfileRequest,
+) -> Result<crate::profile::ProfileReport> {
     // Ctrl-C and SIGTERM end sampling early; the profile is still written. Blocked here
     // and read through a signalfd, then unblocked, so a second Ctrl-C during symbolization
     // stops the program.
@@ -161,11 +169,10 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     signals.thread_block().context("blocking SIGINT/SIGTERM")?;
     let stop = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .context("creating a signalfd")?;
-    let result = crate::profile::run(&request, stop.as_fd());
+    let result = crate::profile::run(request, stop.as_fd());
     let _ = stop.read_signal();
     signals
         .thread_unblock()
         .context("unblocking SIGINT/SIGTERM")?;
-    println!("{}", result.context("profiling failed")?);
-    Ok(())
+    result.context("profiling failed")
 }

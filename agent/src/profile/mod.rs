@@ -3,6 +3,8 @@
 //! stacks ([`fold`], [`stack`]) -> flame graphs ([`flamegraph`]) and the summary
 //! ([`ProfileReport`]). [`run`] drives it for one `hindsight profile`.
 
+pub mod baseline;
+pub mod diff;
 pub mod flamegraph;
 pub mod fold;
 pub mod pprof;

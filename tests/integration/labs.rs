@@ -1,0 +1,257 @@
+//! Performance labs end to end: pprof export read by a real pprof reader (`go tool
+//! pprof`), and differential profiles of a fixture in two variants (tests/fixtures/
+//! variant.c: work_a, work_b, work_c at equal cost, `--slow-b` doubles work_b), through the
+//! baseline library.
+
+use std::{fs, path::Path, process::Command};
+
+use hindsight::profile::stack::Folded;
+use serde_json::Value;
+
+use crate::support::{Workload, fixture, hindsight, require_root, text};
+
+/// Seconds and Hz per replicate: ~1000 samples of a CPU-bound fixture, enough for the
+/// noise of a function's share (a third of them) to be a few percent.
+const DURATION: &str = "2";
+const HZ: &str = "499";
+
+fn ok(args: &[&str]) -> String {
+    let out = hindsight(args);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "hindsight {args:?} failed:\nstdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    stdout
+}
+
+/// Profiles `pid` on-CPU into `dir`, in the given formats; the folded stacks.
+fn profile_cpu(pid: u32, dir: &Path, formats: &str) -> Folded {
+    let pid = pid.to_string();
+    ok(&[
+        "profile",
+        "--pid",
+        &pid,
+        "-d",
+        DURATION,
+        "-F",
+        HZ,
+        "--format",
+        formats,
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    Folded::read_from(&fs::read(dir.join("cpu.folded")).unwrap()[..]).unwrap()
+}
+
+#[test]
+fn pprof_export_is_read_by_go_tool_pprof_and_agrees_with_the_folded_output() {
+    let Some(_serial) = require_root("pprof_export_is_read_by_go_tool_pprof") else {
+        return;
+    };
+    let work = Workload::start(fixture("variant"), &["--slow-b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let folded = profile_cpu(work.pid(), dir.path(), "svg,folded,pprof");
+    drop(work);
+    assert!(dir.path().join("cpu.svg").exists());
+    let pprof = dir.path().join("cpu.pb.gz");
+    // The real reader: Go's pprof (Debian's golang-go, from `cargo xtask setup`).
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-nodecount=3"])
+        .arg(&pprof)
+        .env("HOME", dir.path())
+        .output()
+        .expect("running `go tool pprof` (install golang-go: cargo xtask setup)");
+    let report = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go tool pprof failed: {}\n{report}",
+        text(&out.stderr)
+    );
+    // "Showing nodes accounting for 990, 100% of 990 total" counts samples (the default
+    // sample type); then a header line with flat%, then the rows, heaviest first, the
+    // function name last.
+    let total: u64 = report
+        .lines()
+        .find_map(|l| l.split(" of ").nth(1)?.strip_suffix(" total")?.parse().ok())
+        .unwrap_or_else(|| panic!("no total in:\n{report}"));
+    assert_eq!(total, folded.total(), "{report}");
+    let header = report
+        .lines()
+        .position(|l| l.contains("flat%"))
+        .unwrap_or_else(|| panic!("no table in:\n{report}"));
+    let top_row = report.lines().nth(header + 1).unwrap();
+    let go_top = top_row.split_whitespace().last().unwrap();
+    let (our_top, _) = folded.top_self(1).remove(0);
+    assert_eq!(go_top, our_top, "{report}");
+    // The doubled function is the heaviest, as the fixture says.
+    assert_eq!(our_top, "work_b", "{report}");
+    // Samples carry the process label: filtering by it keeps them all.
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-tagfocus=process=variant"])
+        .arg(&pprof)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let focused = text(&out.stdout);
+    assert!(
+        focused.contains(&format!("of {total} total")) && focused.contains("work_b"),
+        "{focused}"
+    );
+}
+
+/// The functions `hindsight diff` flagged as significant, from its diff.json.
+fn diff(baseline: &str, candidate: &str, library: &Path, out: &Path) -> (Vec<String>, Value) {
+    let stdout = ok(&[
+        "diff",
+        baseline,
+        candidate,
+        "--dir",
+        library.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let svg = fs::read_to_string(out.join("diff.svg")).unwrap();
+    assert!(
+        svg.starts_with("<?xml") && svg.contains("work_b"),
+        "bad diff.svg"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("diff.txt")).unwrap()
+            + &format!(
+                "wrote {}, {}, {}\n",
+                out.join("diff.svg").display(),
+                out.join("diff.txt").display(),
+                out.join("diff.json").display()
+            ),
+        stdout
+    );
+    let report: Value = serde_json::from_slice(&fs::read(out.join("diff.json")).unwrap()).unwrap();
+    let flagged = report["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["significant"] == true)
+        .map(|f| f["function"].as_str().unwrap().to_owned())
+        .collect();
+    (flagged, report)
+}
+
+#[test]
+fn diff_flags_the_doubled_function_only_and_baselines_round_trip() {
+    let Some(_serial) = require_root("diff_flags_the_doubled_function_only") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let library = tmp.path().join("baselines");
+    let lib = library.to_str().unwrap();
+    let save = |condition: &str, pid: u32| {
+        let pid = pid.to_string();
+        ok(&[
+            "baseline",
+            "save",
+            "--component",
+            "variant",
+            "--condition",
+            condition,
+            "--replicates",
+            "3",
+            "--load",
+            "the fixture's endless loop",
+            "--dir",
+            lib,
+            "--pid",
+            &pid,
+            "-d",
+            DURATION,
+            "-F",
+            HZ,
+        ])
+    };
+    // Two baselines of the normal variant, three replicates each.
+    let normal = Workload::start(fixture("variant"), &[]);
+    let saved = save("normal", normal.pid());
+    assert!(saved.contains("saved baseline variant/normal/"), "{saved}");
+    save("normal-again", normal.pid());
+    drop(normal);
+    // Three replicates of the slow variant, as plain files (pprof and folded both read).
+    let slow = Workload::start(fixture("variant"), &["--slow-b"]);
+    let mut files = Vec::new();
+    for n in 1..=3 {
+        let dir = tmp.path().join(format!("slow{n}"));
+        profile_cpu(slow.pid(), &dir, "folded,pprof");
+        let ext = if n == 1 { "pb.gz" } else { "folded" };
+        files.push(dir.join(format!("cpu.{ext}")).to_str().unwrap().to_owned());
+    }
+    drop(slow);
+
+    let listed = ok(&["baseline", "list", "--dir", lib]);
+    let rows: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.starts_with("variant/"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert!(
+        rows[0].starts_with("variant/normal/") && rows[1].starts_with("variant/normal-again/"),
+        "{listed}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.contains(" cpu ") && r.contains("the fixture's endless loop")),
+        "{listed}"
+    );
+    let shown = ok(&["baseline", "show", "variant/normal", "--dir", lib]);
+    assert!(
+        shown.contains("work_a") && shown.contains("3 replicate(s)"),
+        "{shown}"
+    );
+
+    // normal -> slow: work_b is the one regression, about 2x; a and c are not flagged
+    // although their shares fell from a third to a quarter.
+    let (flagged, report) = diff(
+        "variant/normal",
+        &files.join(","),
+        &library,
+        &tmp.path().join("d1"),
+    );
+    assert_eq!(flagged, ["work_b"], "{report:#}");
+    assert_eq!(report["test"], "welch");
+    let b = &report["functions"][0];
+    let change = b["change"].as_f64().unwrap();
+    assert!(
+        (1.6..2.5).contains(&change),
+        "work_b changed ×{change}: {report:#}"
+    );
+
+    // Two baselines of the same variant: nothing is flagged.
+    let (flagged, report) = diff(
+        "variant/normal",
+        "variant/normal-again",
+        &library,
+        &tmp.path().join("d2"),
+    );
+    assert!(flagged.is_empty(), "{report:#}");
+    assert!(
+        fs::read_to_string(tmp.path().join("d2/diff.txt"))
+            .unwrap()
+            .contains("no significant change")
+    );
+
+    // Clear errors for what is neither a baseline nor a file.
+    let out = hindsight(&[
+        "diff",
+        "variant/nothing",
+        "variant/normal",
+        "--dir",
+        lib,
+        "-o",
+        tmp.path().join("d3").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no baseline \"variant/nothing\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
