@@ -10,7 +10,7 @@
 //! <component>/<condition>/<stamp>.r<N>.folded replicate N, when there are several
 //! ```
 //!
-//! `<stamp>` is the UTC time of the save, `20261204T183005Z`: names sort by time, so the
+//! `<stamp>` is the UTC time of the save, `20261204T183005.123Z`: names sort by time, so the
 //! latest baseline of a condition is the last name. A baseline holds one mode.
 
 use std::{
@@ -191,24 +191,25 @@ impl Library {
         }
         let dir = self.dir.join(&meta.component).join(&meta.condition);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let now = time::OffsetDateTime::now_utc();
+        // Fixed-width stamps, so that names sort by time; a save in the same millisecond as
+        // another waits for the next one.
+        let (now, stamp) = loop {
+            let now = time::OffsetDateTime::now_utc();
+            let stamp = now
+                .format(&time::macros::format_description!(
+                    "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+                ))
+                .unwrap_or_default();
+            if !dir.join(format!("{stamp}.json")).exists() {
+                break (now, stamp);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
         meta.created = now
             .format(&time::macros::format_description!(
                 "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
             ))
             .unwrap_or_default();
-        let mut stamp = now
-            .format(&time::macros::format_description!(
-                "[year][month][day]T[hour][minute][second]Z"
-            ))
-            .unwrap_or_default();
-        // Two saves in one second: keep both.
-        let base = stamp.clone();
-        let mut n = 1;
-        while dir.join(format!("{stamp}.json")).exists() {
-            n += 1;
-            stamp = format!("{base}-{n}");
-        }
         let mut all = Folded::default();
         meta.replicates.clear();
         for (i, run) in replicates.iter().enumerate() {
