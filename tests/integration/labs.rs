@@ -10,10 +10,10 @@ use serde_json::Value;
 
 use crate::support::{Workload, fixture, hindsight, require_root, text};
 
-/// Seconds and Hz per replicate: ~1000 samples of a CPU-bound fixture, enough for the
-/// noise of a function's share (a third of them) to be a few percent.
+/// Seconds and Hz per replicate: ~2000 samples of a CPU-bound fixture (fewer when other work
+/// shares the CPUs), enough for the noise of a function's share to be a few percent.
 const DURATION: &str = "2";
-const HZ: &str = "499";
+const HZ: &str = "999";
 
 fn ok(args: &[&str]) -> String {
     let out = hindsight(args);

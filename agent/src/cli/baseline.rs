@@ -27,7 +27,7 @@ pub struct BaselineArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BaselineCommand {
-    Save(SaveArgs),
+    Save(Box<SaveArgs>),
     List(ListArgs),
     Show(ShowArgs),
 }
@@ -106,7 +106,7 @@ pub struct ShowArgs {
 
 pub fn run(args: BaselineArgs) -> Result<()> {
     match args.command {
-        BaselineCommand::Save(args) => save(args),
+        BaselineCommand::Save(args) => save(*args),
         BaselineCommand::List(args) => list(args),
         BaselineCommand::Show(args) => show(args),
     }

@@ -122,7 +122,7 @@ impl DiffReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "baseline:  {before} ({} runs, {} total)\ncandidate: {after} ({} runs, {} total)",
+            "baseline:  {before} ({} run(s), {} total)\ncandidate: {after} ({} run(s), {} total)",
             self.before_runs, self.before_total, self.after_runs, self.after_total
         );
         let _ = writeln!(
