@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use hindsight_common::{Counter, OffCpuKey, OffCpuStart, WaitStats, offcpu_state};
 
-use crate::shared::{USER_STACK, add_wait, announce, count, selected, stack_id};
+use crate::shared::{USER_STACK, add_wait, announce, count, selected, stack_id, thread_of};
 
 /// Waits shorter than this are not recorded (`--min-block`).
 #[unsafe(no_mangle)]
@@ -103,6 +103,7 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
             user_stack_id: stack_id(&ctx, USER_STACK),
             kernel_stack_id: stack_id(&ctx, 0),
             state,
+            pid: thread_of(&ctx),
         },
     };
     announce(&ctx, tgid);

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use hindsight_common::{Counter, StackKey, errno};
 
-use crate::shared::{USER_STACK, announce, count, selected, stack_id};
+use crate::shared::{USER_STACK, announce, count, selected, stack_id, thread_of};
 
 /// Sample counts, per CPU: there is no atomic add for the BPF target in Rust, and a per-CPU
 /// value needs none since a CPU runs one sample at a time. User space sums the CPUs.
@@ -35,6 +35,7 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
         tgid,
         user_stack_id: stack_id(&ctx, USER_STACK),
         kernel_stack_id: stack_id(&ctx, 0),
+        pid: thread_of(&ctx),
     };
     announce(&ctx, tgid);
     add_sample(&key);

@@ -255,3 +255,61 @@ fn diff_flags_the_doubled_function_only_and_baselines_round_trip() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn per_thread_profile_puts_each_thread_under_its_process() {
+    let Some(_serial) = require_root("per_thread_profile_puts_each_thread_under_its_process")
+    else {
+        return;
+    };
+    // Two threads burning CPU in `burn`; the main thread waits in pthread_join.
+    let work = Workload::start(fixture("burn"), &["100000000000", "2"]);
+    let pid = work.pid();
+    let tasks: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    ok(&[
+        "profile",
+        "--pid",
+        &pid.to_string(),
+        "-d",
+        "1",
+        "-F",
+        HZ,
+        "--per-thread",
+        "--format",
+        "folded,svg",
+        "-o",
+        dir.path().to_str().unwrap(),
+    ]);
+    drop(work);
+    let folded = Folded::read_from(&fs::read(dir.path().join("cpu.folded")).unwrap()[..]).unwrap();
+    let mut burning = std::collections::BTreeMap::new();
+    for (mut frames, n) in folded.iter() {
+        assert_eq!(frames.next(), Some("burn"));
+        let thread = frames.next().unwrap().to_owned();
+        let tid: u32 = thread
+            .strip_prefix("burn (tid ")
+            .and_then(|t| t.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not a thread frame: {thread}"))
+            .parse()
+            .unwrap();
+        assert!(
+            tasks.contains(&tid),
+            "{tid} is not a thread of {pid}: {tasks:?}"
+        );
+        if frames.any(|f| f == "burn") {
+            *burning.entry(tid).or_insert(0) += n;
+        }
+    }
+    // Both workers, not the main thread, and each about half of the samples.
+    assert_eq!(burning.len(), 2, "{burning:?}");
+    assert!(!burning.contains_key(&pid), "{burning:?}");
+    let total: u64 = burning.values().sum();
+    for n in burning.values() {
+        let share = *n as f64 / total as f64;
+        assert!((0.3..0.7).contains(&share), "{burning:?}");
+    }
+}

@@ -45,6 +45,8 @@ pub struct SessionConfig {
     pub offcpu: Option<offcpu::OffCpuSettings>,
     /// Lock contention (kernel locks and futexes).
     pub locks: bool,
+    /// Key on-CPU samples and off-CPU waits by thread too.
+    pub per_thread: bool,
     pub sizes: MapSizes,
 }
 
@@ -90,11 +92,13 @@ impl Session {
         let offcpu = config.offcpu.clone().unwrap_or_default();
         let min_block_ns = offcpu.min_block.as_nanos() as u64;
         let state_mask = offcpu.state_mask();
+        let per_thread = u32::from(config.per_thread);
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_FLAGS", &flags, true)
             .override_global("AGENT_TGID", &agent, true)
             .override_global("MIN_BLOCK_NS", &min_block_ns, true)
             .override_global("STATE_MASK", &state_mask, true)
+            .override_global("PER_THREAD", &per_thread, true)
             .map_max_entries("STACKS", config.sizes.stacks)
             .map_max_entries("CPU_COUNTS", config.sizes.keys)
             .map_max_entries("OFFCPU", config.sizes.keys)

@@ -117,6 +117,11 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub reversed: bool,
 
+    /// Group by thread: a frame `NAME (tid N)` under each process frame (cpu and offcpu;
+    /// the pprof samples get thread and tid labels). Keys the kernel maps by thread.
+    #[arg(long)]
+    pub per_thread: bool,
+
     /// Rows in the summary's lists of top functions (cpu) and waits (offcpu, locks).
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub top: usize,

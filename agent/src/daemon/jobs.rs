@@ -155,6 +155,7 @@ pub fn profile_request(spec: &ProfileSpec, output_dir: PathBuf) -> ProfileReques
         },
         output_dir,
         output: crate::profile::OutputOptions::default(),
+        per_thread: false,
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Record {
     pub tgid: u32,
     pub user_stack_id: i32,
     pub kernel_stack_id: i32,
+    /// Thread id when grouping per thread, else 0.
+    pub tid: u32,
     /// Samples (on-CPU) or microseconds (off-CPU, locks).
     pub weight: u64,
     /// Frame appended above the stack (off-CPU state, lock name).
@@ -89,6 +91,8 @@ fn is_tracing_frame(name: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessStack {
     pub tgid: u32,
+    /// The thread when grouping per thread (its frame follows the process frame), else 0.
+    pub tid: u32,
     pub frames: Vec<String>,
     pub weight: u64,
 }
@@ -146,6 +150,7 @@ pub fn fold_stacks(
     }
 
     let mut folded = Vec::with_capacity(records.len());
+    let mut threads: HashMap<(u32, u32), String> = HashMap::new();
     let mut seen = BTreeSet::new();
     for r in records {
         stats.weight += r.weight;
@@ -153,6 +158,12 @@ pub fn fold_stacks(
         let process = processes.get(r.tgid);
         let mut frames =
             vec![process.map_or_else(|| format!("[pid {}]", r.tgid), |p| p.comm.clone())];
+        if r.tid != 0 {
+            let name = threads
+                .entry((r.tgid, r.tid))
+                .or_insert_with(|| thread_name(r.tgid, r.tid));
+            frames.push(format!("{name} (tid {})", r.tid));
+        }
         match stack(r.user_stack_id) {
             Some(ips) => {
                 let names = &user_names[&r.tgid];
@@ -208,6 +219,7 @@ pub fn fold_stacks(
         if r.weight > 0 {
             folded.push(ProcessStack {
                 tgid: r.tgid,
+                tid: r.tid,
                 frames,
                 weight: r.weight,
             });
@@ -219,6 +231,13 @@ pub fn fold_stacks(
         .filter(|t| processes.get(**t).is_some_and(|p| p.exited))
         .count();
     (folded, stats)
+}
+
+/// A thread's name (its comm), or `[exited]` once it is gone.
+fn thread_name(tgid: u32, tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_else(|_| "[exited]".to_owned())
 }
 
 #[cfg(test)]
@@ -247,6 +266,12 @@ mod tests {
             tgid: me,
             user_stack_id: user,
             kernel_stack_id: kernel,
+            // Grouped by thread when it is a wait (this test's thread).
+            tid: if leaf.is_some() {
+                nix::unistd::gettid().as_raw() as u32
+            } else {
+                0
+            },
             weight,
             leaf: leaf.map(str::to_owned),
         };
@@ -278,9 +303,19 @@ mod tests {
             lines.iter().any(|l| l.ends_with(";[lost]_[k] 1")),
             "{lines:#?}"
         );
+        let thread =
+            std::fs::read_to_string(format!("/proc/{me}/task/{}/comm", nix::unistd::gettid()))
+                .unwrap();
+        let thread_frame = format!(
+            "{comm};{} (tid {});",
+            thread.trim_end(),
+            nix::unistd::gettid()
+        );
         assert!(
-            lines.iter().any(|l| l.ends_with(";[sleeping] 4")),
-            "{lines:#?}"
+            lines
+                .iter()
+                .any(|l| l.starts_with(&thread_frame) && l.ends_with(";[sleeping] 4")),
+            "{thread_frame}: {lines:#?}"
         );
     }
 

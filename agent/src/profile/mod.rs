@@ -145,6 +145,8 @@ pub struct ProfileRequest {
     pub offcpu: OffCpuSettings,
     pub output_dir: PathBuf,
     pub output: OutputOptions,
+    /// A thread frame (`name (tid N)`) under each process frame, for cpu and offcpu.
+    pub per_thread: bool,
 }
 
 impl ProfileRequest {
@@ -171,6 +173,7 @@ impl ProfileRequest {
                 states,
             },
             output_dir: args.output_dir.clone(),
+            per_thread: args.per_thread,
             output: OutputOptions {
                 formats: args.format.iter().copied().collect(),
                 graph: flamegraph::GraphStyle {
@@ -213,6 +216,7 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
                 .contains(&Mode::OffCpu)
                 .then(|| request.offcpu.clone()),
             locks: modes.contains(&Mode::Locks),
+            per_thread: request.per_thread,
             sizes: MapSizes::default(),
         },
     )?;
@@ -403,12 +407,13 @@ fn pprof_of(
     debug_assert_eq!(mode, meta.mode);
     let mut labels = std::collections::HashMap::new();
     for s in stacks {
-        labels.entry(s.tgid).or_insert_with(|| {
+        labels.entry((s.tgid, s.tid)).or_insert_with(|| {
             let info = processes.get(s.tgid);
             pprof::SampleLabels {
                 // As the root frame of the folded stack.
                 process: s.frames.first().cloned().unwrap_or_default(),
                 pid: s.tgid,
+                tid: (s.tid != 0).then_some(s.tid),
                 cgroup: info.and_then(|p| p.cgroup.clone()),
             }
         });
@@ -418,7 +423,7 @@ fn pprof_of(
         .map(|s| pprof::ExportSample {
             frames: s.frames.get(1..).unwrap_or_default(),
             weight: s.weight,
-            labels: &labels[&s.tgid],
+            labels: &labels[&(s.tgid, s.tid)],
         })
         .collect();
     pprof::build(&samples, meta)

@@ -170,6 +170,8 @@ pub struct Function {
 pub struct SampleLabels {
     pub process: String,
     pub pid: u32,
+    /// Thread id, when grouped per thread (the thread's frame is the first one).
+    pub tid: Option<u32>,
     /// cgroup v2 path, when known.
     pub cgroup: Option<String>,
 }
@@ -237,6 +239,7 @@ pub fn build(samples: &[ExportSample<'_>], meta: &ExportMeta) -> Profile {
         strings.index("pid"),
         strings.index("cgroup"),
         strings.index("unit"),
+        strings.index("tid"),
     ];
     let mut locations: HashMap<&str, u64> = HashMap::new();
     for sample in samples {
@@ -284,6 +287,13 @@ pub fn build(samples: &[ExportSample<'_>], meta: &ExportMeta) -> Profile {
                 ..Label::default()
             },
         ];
+        if let Some(tid) = l.tid {
+            label.push(Label {
+                key: keys[4],
+                num: i64::from(tid),
+                ..Label::default()
+            });
+        }
         if let Some(cgroup) = &l.cgroup {
             label.push(Label {
                 key: keys[2],
@@ -437,6 +447,7 @@ mod tests {
         let app = SampleLabels {
             process: "app".into(),
             pid: 42,
+            tid: None,
             cgroup: Some("/system.slice/app.service".into()),
         };
         let a = frames("main;work;memcpy");
@@ -504,6 +515,7 @@ mod tests {
         let labels = SampleLabels {
             process: "db".into(),
             pid: 1,
+            tid: Some(7),
             cgroup: None,
         };
         let f = frames("main;read;[sleeping]");
@@ -524,7 +536,9 @@ mod tests {
             ("wait", "nanoseconds")
         );
         assert_eq!(profile.sample[0].value, [5000]);
-        assert_eq!(profile.sample[0].label.len(), 2, "no cgroup, no unit label");
+        // process, pid, tid; no cgroup, no unit.
+        assert_eq!(profile.sample[0].label.len(), 3);
+        assert_eq!(profile.sample[0].label[2].num, 7);
         // Not gzip'd is accepted too.
         let back = read_folded(&profile.encode_to_vec()).unwrap();
         assert_eq!(

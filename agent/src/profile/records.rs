@@ -20,6 +20,7 @@ pub fn oncpu(raw: &RawProfile) -> Vec<Record> {
             tgid: s.key.tgid,
             user_stack_id: s.key.user_stack_id,
             kernel_stack_id: s.key.kernel_stack_id,
+            tid: s.key.pid,
             weight: s.count,
             leaf: None,
         })
@@ -33,6 +34,7 @@ pub fn offcpu(raw: &RawProfile) -> Vec<Record> {
             tgid: key.tgid,
             user_stack_id: key.user_stack_id,
             kernel_stack_id: key.kernel_stack_id,
+            tid: key.pid,
             weight: micros(stats.total_ns),
             leaf: Some(TaskState::from_code(key.state).frame().to_owned()),
         })
@@ -72,6 +74,8 @@ pub fn locks(
             tgid: key.tgid,
             user_stack_id: key.user_stack_id,
             kernel_stack_id: key.kernel_stack_id,
+            // Lock keys are per process.
+            tid: 0,
             weight: micros(stats.total_ns),
             leaf: Some(format!("[{} {name}]", locks::kind(key.flags))),
         });

@@ -20,6 +20,9 @@ pub struct StackKey {
     pub user_stack_id: i32,
     /// `bpf_get_stackid(.., 0)` result.
     pub kernel_stack_id: i32,
+    /// Thread id of the sampled task when samples are grouped per thread (the
+    /// `PER_THREAD` global), else 0.
+    pub pid: u32,
 }
 
 /// Sent on the `NEW_PROCESSES` ring buffer the first time a process is sampled, so that user
@@ -127,6 +130,8 @@ pub struct OffCpuKey {
     pub kernel_stack_id: i32,
     /// One of [`offcpu_state`].
     pub state: u32,
+    /// Thread id when waits are grouped per thread (the `PER_THREAD` global), else 0.
+    pub pid: u32,
 }
 
 /// A wait in progress: the thread left the CPU at `ts` (`bpf_ktime_get_ns`, i.e.
