@@ -87,6 +87,20 @@ fn pprof_export_is_read_by_go_tool_pprof_and_agrees_with_the_folded_output() {
     assert_eq!(go_top, our_top, "{report}");
     // The doubled function is the heaviest, as the fixture says.
     assert_eq!(our_top, "work_b", "{report}");
+    // Functions carry their source file (DWARF of the -g fixture): `-lines` shows it.
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-lines", "-nodecount=3"])
+        .arg(&pprof)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let lines = text(&out.stdout);
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains("work_b ") && l.contains("tests/fixtures/variant.c")),
+        "{lines}"
+    );
     // Samples carry the process label: filtering by it keeps them all.
     let out = Command::new("go")
         .args(["tool", "pprof", "-top", "-tagfocus=process=variant"])

@@ -365,6 +365,7 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
                         .map_or(0, |d| d.as_nanos() as i64),
                     duration_nanos: sampled_for.as_nanos() as i64,
                     comment: mode.labels(&targets.describe(), &host).0,
+                    sources: symbolizer.sources.clone(),
                 },
             );
             write_atomically(&pprof_path, |out| pprof::write_gz(&profile, out))?;

@@ -205,6 +205,8 @@ pub struct ExportMeta {
     pub time_nanos: i64,
     pub duration_nanos: i64,
     pub comment: String,
+    /// Source file of function names, where debug info told it.
+    pub sources: HashMap<String, String>,
 }
 
 /// Builds the profile. Sample types say what they count: cpu `samples/count` and
@@ -251,10 +253,15 @@ pub fn build(samples: &[ExportSample<'_>], meta: &ExportMeta) -> Profile {
                 let next = locations.len() as u64 + 1;
                 *locations.entry(frame.as_str()).or_insert_with(|| {
                     let name = strings.index(frame);
+                    let filename = meta
+                        .sources
+                        .get(frame.as_str())
+                        .map_or(0, |f| strings.index(f));
                     profile.function.push(Function {
                         id: next,
                         name,
                         system_name: name,
+                        filename,
                         ..Function::default()
                     });
                     profile.location.push(Location {
@@ -439,6 +446,7 @@ mod tests {
             time_nanos: 1,
             duration_nanos: 2,
             comment: "test".into(),
+            sources: HashMap::from([("work".to_owned(), "/src/work.c".to_owned())]),
         }
     }
 
@@ -477,6 +485,14 @@ mod tests {
         // Leaf first.
         let leaf = profile.sample[0].location_id[0];
         assert_eq!(s(profile.function[leaf as usize - 1].name), "memcpy");
+        let work = profile.sample[0].location_id[1] as usize - 1;
+        assert_eq!(s(profile.function[work].name), "work");
+        assert_eq!(s(profile.function[work].filename), "/src/work.c");
+        assert_eq!(
+            profile.function[leaf as usize - 1].filename,
+            0,
+            "no file known"
+        );
         let labels: Vec<(&str, String)> = profile.sample[0]
             .label
             .iter()
