@@ -327,3 +327,67 @@ fn per_thread_profile_puts_each_thread_under_its_process() {
         assert!((0.3..0.7).contains(&share), "{burning:?}");
     }
 }
+
+/// The rows of `go tool pprof -top` output: (flat value, function name).
+fn go_top(args: &[&str], pprof: &Path, home: &Path) -> (String, Vec<(String, String)>) {
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .args(args)
+        .arg(pprof)
+        .env("HOME", home)
+        .output()
+        .expect("running `go tool pprof` (install golang-go: cargo xtask setup)");
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{report}", text(&out.stderr));
+    let rows = report
+        .lines()
+        .skip_while(|l| !l.contains("flat%"))
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols[0].to_owned(), cols[5..].join(" "))
+        })
+        .collect();
+    (report, rows)
+}
+
+#[test]
+fn lock_pprof_counts_contentions_and_wait_time() {
+    let Some(_serial) = require_root("lock_pprof_counts_contentions_and_wait_time") else {
+        return;
+    };
+    let work = Workload::start(fixture("mutex"), &["4"]);
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = ok(&[
+        "profile",
+        "--pid",
+        &work.pid().to_string(),
+        "--mode",
+        "locks",
+        "-d",
+        "2",
+        "--format",
+        "folded,pprof",
+        "-o",
+        dir.path().to_str().unwrap(),
+    ]);
+    drop(work);
+    let pprof = dir.path().join("locks.pb.gz");
+    // The summary's waits on ledger_lock: `futex ledger_lock  2873  9508.8 ...`.
+    let waits: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("futex ledger_lock"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no ledger_lock row:\n{stdout}"));
+    let (report, rows) = go_top(&["-sample_index=contentions"], &pprof, dir.path());
+    assert_eq!(rows[0].1, "[futex ledger_lock]", "{report}");
+    assert_eq!(rows[0].0, waits.to_string(), "{report}\n{stdout}");
+    // The default sample type is the wait time, with the folded file's total (µs there).
+    let folded =
+        Folded::read_from(&fs::read(dir.path().join("locks.folded")).unwrap()[..]).unwrap();
+    let (report, rows) = go_top(&["-unit=us"], &pprof, dir.path());
+    assert!(report.contains("Type: wait"), "{report}");
+    assert_eq!(rows[0].1, "[futex ledger_lock]", "{report}");
+    let total = format!("of {}us total", folded.total());
+    assert!(report.contains(&total), "{total}: {report}");
+}

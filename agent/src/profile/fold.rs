@@ -29,6 +29,8 @@ pub struct Record {
     pub tid: u32,
     /// Samples (on-CPU) or microseconds (off-CPU, locks).
     pub weight: u64,
+    /// Events behind the weight: samples, waits, or lock contentions.
+    pub count: u64,
     /// Frame appended above the stack (off-CPU state, lock name).
     pub leaf: Option<String>,
 }
@@ -95,6 +97,8 @@ pub struct ProcessStack {
     pub tid: u32,
     pub frames: Vec<String>,
     pub weight: u64,
+    /// Events behind the weight (waits, contentions; samples for on-CPU).
+    pub count: u64,
 }
 
 /// Folds the records into one profile, processes of the same name merged.
@@ -222,6 +226,7 @@ pub fn fold_stacks(
                 tid: r.tid,
                 frames,
                 weight: r.weight,
+                count: r.count,
             });
         }
     }
@@ -273,6 +278,7 @@ mod tests {
                 0
             },
             weight,
+            count: weight,
             leaf: leaf.map(str::to_owned),
         };
         let records = vec![

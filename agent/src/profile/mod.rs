@@ -424,6 +424,7 @@ fn pprof_of(
         .map(|s| pprof::ExportSample {
             frames: s.frames.get(1..).unwrap_or_default(),
             weight: s.weight,
+            count: s.count,
             labels: &labels[&(s.tgid, s.tid)],
         })
         .collect();

@@ -192,6 +192,8 @@ pub struct ExportSample<'a> {
     pub frames: &'a [String],
     /// In the folded file's unit: samples (cpu) or microseconds (offcpu, locks).
     pub weight: u64,
+    /// Waits (offcpu) or contentions (locks) behind the weight; unused for cpu.
+    pub count: u64,
     pub labels: &'a SampleLabels,
 }
 
@@ -210,8 +212,9 @@ pub struct ExportMeta {
 }
 
 /// Builds the profile. Sample types say what they count: cpu `samples/count` and
-/// `cpu/nanoseconds` (samples × the sampling period; `samples` is the default), offcpu and
-/// locks `wait/nanoseconds` (recorded at microsecond resolution).
+/// `cpu/nanoseconds` (samples × the sampling period; `samples` is the default), offcpu
+/// `wait/nanoseconds` (recorded at microsecond resolution; the default) and `waits/count`,
+/// locks `wait/nanoseconds` and `contentions/count`.
 pub fn build(samples: &[ExportSample<'_>], meta: &ExportMeta) -> Profile {
     let mut strings = StringTable::default();
     let mut profile = Profile::default();
@@ -231,9 +234,18 @@ pub fn build(samples: &[ExportSample<'_>], meta: &ExportMeta) -> Profile {
             profile.default_sample_type = strings.index("samples");
         }
         Mode::OffCpu | Mode::Locks => {
-            profile.sample_type = vec![value_type(&mut strings, "wait", "nanoseconds")];
+            let events = if meta.mode == Mode::Locks {
+                "contentions"
+            } else {
+                "waits"
+            };
+            profile.sample_type = vec![
+                value_type(&mut strings, "wait", "nanoseconds"),
+                value_type(&mut strings, events, "count"),
+            ];
             profile.period_type = Some(value_type(&mut strings, "wait", "nanoseconds"));
             profile.period = 1000;
+            profile.default_sample_type = strings.index("wait");
         }
     }
     let keys = [
@@ -279,7 +291,10 @@ pub fn build(samples: &[ExportSample<'_>], meta: &ExportMeta) -> Profile {
         let weight = i64::try_from(sample.weight).unwrap_or(i64::MAX);
         let value = match meta.mode {
             Mode::Cpu => vec![weight, weight.saturating_mul(period_ns)],
-            Mode::OffCpu | Mode::Locks => vec![weight.saturating_mul(1000)],
+            Mode::OffCpu | Mode::Locks => vec![
+                weight.saturating_mul(1000),
+                i64::try_from(sample.count).unwrap_or(i64::MAX),
+            ],
         };
         let l = sample.labels;
         let mut label = vec![
@@ -464,11 +479,13 @@ mod tests {
             ExportSample {
                 frames: &a,
                 weight: 7,
+                count: 7,
                 labels: &app,
             },
             ExportSample {
                 frames: &b,
                 weight: 3,
+                count: 3,
                 labels: &app,
             },
         ];
@@ -539,19 +556,20 @@ mod tests {
             &[ExportSample {
                 frames: &f,
                 weight: 5,
+                count: 2,
                 labels: &labels,
             }],
             &meta(Mode::OffCpu),
         );
-        let t = &profile.sample_type[0];
-        assert_eq!(
-            (
-                profile.string_table[t.r#type as usize].as_str(),
-                profile.string_table[t.unit as usize].as_str()
-            ),
-            ("wait", "nanoseconds")
-        );
-        assert_eq!(profile.sample[0].value, [5000]);
+        let s = |i: i64| profile.string_table[i as usize].as_str();
+        let types: Vec<(&str, &str)> = profile
+            .sample_type
+            .iter()
+            .map(|t| (s(t.r#type), s(t.unit)))
+            .collect();
+        assert_eq!(types, [("wait", "nanoseconds"), ("waits", "count")]);
+        assert_eq!(s(profile.default_sample_type), "wait");
+        assert_eq!(profile.sample[0].value, [5000, 2]);
         // process, pid, tid; no cgroup, no unit.
         assert_eq!(profile.sample[0].label.len(), 3);
         assert_eq!(profile.sample[0].label[2].num, 7);

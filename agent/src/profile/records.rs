@@ -22,6 +22,7 @@ pub fn oncpu(raw: &RawProfile) -> Vec<Record> {
             kernel_stack_id: s.key.kernel_stack_id,
             tid: s.key.pid,
             weight: s.count,
+            count: s.count,
             leaf: None,
         })
         .collect()
@@ -36,6 +37,7 @@ pub fn offcpu(raw: &RawProfile) -> Vec<Record> {
             kernel_stack_id: key.kernel_stack_id,
             tid: key.pid,
             weight: micros(stats.total_ns),
+            count: stats.count,
             leaf: Some(TaskState::from_code(key.state).frame().to_owned()),
         })
         .collect()
@@ -77,6 +79,7 @@ pub fn locks(
             // Lock keys are per process.
             tid: 0,
             weight: micros(stats.total_ns),
+            count: stats.count,
             leaf: Some(format!("[{} {name}]", locks::kind(key.flags))),
         });
     }
