@@ -85,9 +85,12 @@ fn load_side(spec: &str, library: &Library) -> Result<(String, Vec<Folded>)> {
         };
         return Ok((name, runs));
     }
-    if let Some(missing) = files.iter().find(|f| !f.exists()) {
-        // A path-looking spec that is no file, and no baseline either: say both.
-        if spec.contains(',') || missing.extension().is_some() {
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        // A list, or a profile file's name: files, not a baseline.
+        let profile_file = ["folded", "gz", "pb", "pprof"]
+            .iter()
+            .any(|ext| missing.extension().is_some_and(|e| e == *ext));
+        if spec.contains(',') || profile_file {
             anyhow::bail!("{}: no such file", missing.display());
         }
     }
