@@ -391,3 +391,91 @@ fn lock_pprof_counts_contentions_and_wait_time() {
     let total = format!("of {}us total", folded.total());
     assert!(report.contains(&total), "{total}: {report}");
 }
+
+/// Needs no root: importing files into the library, and what bad input says.
+#[test]
+fn imported_baselines_round_trip_and_bad_input_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("lib");
+    let lib = lib.to_str().unwrap();
+    let run = |name: &str, a: u64, b: u64| {
+        let path = tmp.path().join(name);
+        fs::write(&path, format!("app;main;a {a}\napp;main;b {b}\n")).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (r1, r2) = (run("r1.folded", 500, 500), run("r2.folded", 510, 490));
+    let saved = ok(&[
+        "baseline",
+        "save",
+        "--component",
+        "app",
+        "--condition",
+        "idle",
+        "--import",
+        &r1,
+        &r2,
+        "--dir",
+        lib,
+    ]);
+    assert!(saved.contains("(2 replicates, 2000 total)"), "{saved}");
+    let listed = ok(&["baseline", "list", "--dir", lib]);
+    assert!(
+        listed.contains("app/idle/") && listed.contains(" cpu "),
+        "{listed}"
+    );
+    let shown = ok(&["baseline", "show", "app/idle", "--dir", lib]);
+    assert!(
+        shown.contains("imported from") && shown.contains("50.5%  a"),
+        "{shown}"
+    );
+    // The same runs as the candidate: nothing changed.
+    let out = tmp.path().join("diff");
+    let report = ok(&[
+        "diff",
+        "app/idle",
+        &format!("{r1},{r2}"),
+        "--dir",
+        lib,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(report.contains("no significant change"), "{report}");
+
+    let bad = tmp.path().join("bad.folded");
+    fs::write(&bad, "app;main 12x\n").unwrap();
+    let failed = hindsight(&[
+        "baseline",
+        "save",
+        "--component",
+        "app",
+        "--condition",
+        "x",
+        "--import",
+        bad.to_str().unwrap(),
+        "--dir",
+        lib,
+    ]);
+    assert!(!failed.status.success());
+    let stderr = text(&failed.stderr);
+    assert!(
+        stderr.contains("bad.folded: not folded stacks") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+    let failed = hindsight(&[
+        "baseline",
+        "save",
+        "--component",
+        "../x",
+        "--condition",
+        "x",
+        "--import",
+        &r1,
+        "--dir",
+        lib,
+    ]);
+    assert!(
+        text(&failed.stderr).contains("component \"../x\" is not a valid name"),
+        "{}",
+        text(&failed.stderr)
+    );
+}

@@ -222,11 +222,15 @@ fn show(args: ShowArgs) -> Result<()> {
         m.created, m.host, m.kernel, m.agent_version
     );
     println!(
-        "  profile  {} of {}, {} replicate(s) of {:.1} s{}",
+        "  profile  {} of {}, {} replicate(s){}{}",
         m.mode,
         m.target,
         m.replicates.len(),
-        m.duration_secs,
+        if m.duration_secs > 0.0 {
+            format!(" of {:.1} s", m.duration_secs)
+        } else {
+            String::new()
+        },
         m.frequency
             .map(|f| format!(" at {f} Hz"))
             .unwrap_or_default()
