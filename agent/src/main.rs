@@ -11,6 +11,8 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Profile(args) => hindsight::cli::profile::run(args),
+        Command::Baseline(args) => hindsight::cli::baseline::run(args),
+        Command::Diff(args) => hindsight::cli::diff::run(args),
         Command::Capture(args) => hindsight::cli::capture::run(args),
         Command::Keygen(args) => hindsight::cli::keygen::run(args),
         Command::Verify(args) => hindsight::cli::verify::run(args),

@@ -31,6 +31,9 @@ pub const DEFAULT_AUDIT_LOG: &str = "/var/log/hindsight/audit.jsonl";
 /// Profiles started through the API (`[daemon] profile_dir`); under StateDirectory.
 pub const DEFAULT_PROFILE_DIR: &str = "/var/lib/hindsight/profiles";
 
+/// The baseline library of `hindsight baseline` and `hindsight diff` (`--dir`).
+pub const DEFAULT_BASELINE_DIR: &str = "/var/lib/hindsight/baselines";
+
 /// procfs; collectors read processes, sockets and kernel state from here.
 pub const PROC: &str = "/proc";
 

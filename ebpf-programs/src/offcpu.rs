@@ -35,7 +35,7 @@ use hindsight_common::{
 
 use crate::shared::{
     STACK_COPIES, USER_STACK, add_wait, announce, copies_enabled, copy_user_stack, count, selected,
-    send_copy, stack_id, take_copy_budget,
+    send_copy, stack_id, take_copy_budget, thread_of,
 };
 
 /// Waits shorter than this are not recorded (`--min-block`).
@@ -170,6 +170,7 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
         let copied = copy_user_stack().is_some_and(|record| {
             record.kind = stack_copy::OFFCPU;
             record.tgid = tgid;
+            record.tid = thread_of(&ctx);
             record.kernel_stack_id = kernel_stack_id;
             record.extra = state;
             record.lock_addr = 0;
@@ -182,6 +183,7 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
                 user_stack_id: stack_copy::COPIED,
                 kernel_stack_id,
                 state,
+                pid: thread_of(&ctx),
             };
             open_wait(prev, now, key, syscall, wait_id);
             return 0;
@@ -211,6 +213,7 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
         user_stack_id,
         kernel_stack_id: walked_kernel.unwrap_or_else(|| stack_id(&ctx, 0)),
         state,
+        pid: thread_of(&ctx),
     };
     open_wait(prev, now, key, syscall, 0);
     0

@@ -14,6 +14,7 @@ use hindsight_common::{Counter, StackKey, errno, stack_copy};
 
 use crate::shared::{
     USER_STACK, announce, copies_enabled, copy_user_stack, count, selected, send_copy, stack_id,
+    thread_of,
 };
 
 /// Sample counts, per CPU: there is no atomic add for the BPF target in Rust, and a per-CPU
@@ -42,6 +43,7 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
     {
         record.kind = stack_copy::ONCPU;
         record.tgid = tgid;
+        record.tid = thread_of(&ctx);
         record.kernel_stack_id = kernel_stack_id;
         record.extra = 0;
         record.lock_addr = 0;
@@ -55,6 +57,7 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
         tgid,
         user_stack_id: stack_id(&ctx, USER_STACK),
         kernel_stack_id,
+        pid: thread_of(&ctx),
     };
     add_sample(&key);
     0

@@ -24,6 +24,10 @@ static FILTER_FLAGS: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static AGENT_TGID: Global<u32> = Global::new(0);
 
+/// 1 when samples and waits are keyed per thread too (`--per-thread`); set by the loader.
+#[unsafe(no_mangle)]
+static PER_THREAD: Global<u32> = Global::new(0);
+
 /// Stack traces of every family, user and kernel. Its size is set by the loader.
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
@@ -104,6 +108,13 @@ pub fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
             err
         }
     }
+}
+
+/// The thread id for a key: the current task's when grouping per thread, else 0 (so that a
+/// process's threads share keys and the count map stays small).
+#[inline(always)]
+pub fn thread_of<C: EbpfContext>(ctx: &C) -> u32 {
+    if PER_THREAD.load() != 0 { ctx.pid() } else { 0 }
 }
 
 /// Tells user space about a process the first time one of its tasks is recorded.

@@ -5,6 +5,7 @@
 mod capture;
 mod daemon;
 mod history;
+mod labs;
 mod profile;
 mod recorder;
 mod support;

@@ -413,6 +413,7 @@ fn ebpf_object_loads_and_every_program_attaches() {
         oncpu_hz: Some(999),
         offcpu: Some(Default::default()),
         locks: true,
+        per_thread: false,
         sizes: MapSizes::default(),
         // The kernel-side aggregation this test reads; copies are tested in `unwind`.
         unwind: UnwindSettings {

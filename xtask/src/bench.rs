@@ -13,11 +13,15 @@
 //!   user-space unwinder, and the share of stacks that reach the application's functions
 //!   on the fixtures built without frame pointers (and through glibc) before and after;
 //! - fidelity: the 3:1 split fixture profiled by hindsight and by `perf record -e cpu-clock
-//!   -F 99 -g` at the same time, perf's output folded with inferno; top-function shares.
+//!   -F 99 -g` at the same time, perf's output folded with inferno; top-function shares;
 //! - recorder: the daemon (`hindsight agent`) with its flight recorder at the defaults (all
 //!   modes, 19 Hz, 10 s windows, 15 minutes): its CPU cost (agent CPU + BPF run time) on
 //!   an idle host and under a CPU-bound + context-switch-heavy load, the load's throughput
-//!   with and without the daemon (interleaved pairs), and the daemon's RSS at steady state.
+//!   with and without the daemon (interleaved pairs), and the daemon's RSS at steady state;
+//! - diff: the variant fixture (work_b 2x with --slow-b) in rounds of 3 normal, 3 slow and
+//!   3 more normal profiles at 99 Hz: how often `hindsight diff` finds the regression and
+//!   only it, how often it flags something between two sets of the same variant, the
+//!   measured change, and the pprof file's size beside the folded one.
 
 use std::{
     collections::BTreeMap,
@@ -49,7 +53,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5000)]
     spawns: usize,
     /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu", "unwind", "recorder", "history"])]
+    #[arg(long, value_delimiter = ',', default_values = ["overhead", "latency", "fidelity", "offcpu", "unwind", "recorder", "history", "diff"])]
     only: Vec<Part>,
     /// `--unwind` of the agent in the overhead, latency and offcpu parts (the unwind part
     /// compares the modes itself).
@@ -73,6 +77,8 @@ enum Part {
     Recorder,
     /// Exec history: spawn-rate cost and no lost events (xtask/src/bench_history.rs).
     History,
+    /// Differential profiles: regressions found, false alarms, pprof size.
+    Diff,
 }
 
 pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
@@ -105,6 +111,9 @@ pub fn run(ws: &Workspace, args: &BenchArgs) -> Result<()> {
     }
     if args.only.contains(&Part::History) {
         report += &crate::bench_history::history(&bin, &out, args.spawns)?;
+    }
+    if args.only.contains(&Part::Diff) {
+        report += &diff(ws, &bin, &out, args)?;
     }
     println!("\n{report}");
     fs::write(out.join("report.md"), &report)?;
@@ -1172,6 +1181,108 @@ fn recorder(
     );
     row(&mut text, "daemon RSS under load", &rss, |x| {
         format!("{x:.1} MiB")
+    });
+    text.push('\n');
+    Ok(text)
+}
+
+/// `hindsight profile --pid PID` for 3 s at 99 Hz into `dir`, as folded and pprof.
+fn profile_variant(bin: &Path, pid: u32, dir: &Path) -> Result<()> {
+    run_checked(
+        Command::new(bin)
+            .args(["profile", "--pid", &pid.to_string(), "-d", "3", "-F", "99"])
+            .args(["--format", "folded,pprof", "-o"])
+            .arg(dir)
+            .stdout(Stdio::null()),
+    )
+}
+
+/// Regression detection and false alarms of `hindsight diff` on the variant fixture.
+fn diff(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs) -> Result<String> {
+    let variant = build_fixture(ws, out, "variant", &[])?;
+    let dir = out.join("diff");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let (mut found, mut false_alarms, mut changes, mut diff_ms) = (0, 0, Vec::new(), Vec::new());
+    let (mut pprof_bytes, mut folded_bytes) = (Vec::new(), Vec::new());
+    for round in 0..args.repeats {
+        let mut sets: Vec<Vec<String>> = Vec::new();
+        for (set, flag) in [
+            ("normal", None),
+            ("slow", Some("--slow-b")),
+            ("again", None),
+        ] {
+            let mut workload = Command::new(&variant).args(flag).spawn()?;
+            std::thread::sleep(Duration::from_millis(300));
+            let mut files = Vec::new();
+            for n in 0..3 {
+                let run = dir.join(format!("r{round}-{set}-{n}"));
+                let result = profile_variant(bin, workload.id(), &run);
+                if result.is_err() {
+                    let _ = workload.kill();
+                    let _ = workload.wait();
+                }
+                result?;
+                pprof_bytes.push(fs::metadata(run.join("cpu.pb.gz"))?.len() as f64);
+                folded_bytes.push(fs::metadata(run.join("cpu.folded"))?.len() as f64);
+                files.push(run.join("cpu.folded").to_string_lossy().into_owned());
+            }
+            let _ = workload.kill();
+            let _ = workload.wait();
+            sets.push(files);
+        }
+        for (against, is_slow) in [(1, true), (2, false)] {
+            let report_dir = dir.join(format!("r{round}-diff{against}"));
+            let start = Instant::now();
+            let output = Command::new(bin)
+                .arg("diff")
+                .arg(sets[0].join(","))
+                .arg(sets[against].join(","))
+                .arg("-o")
+                .arg(&report_dir)
+                .output()?;
+            diff_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            ensure!(
+                output.status.success(),
+                "hindsight diff failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let report: serde_json::Value =
+                serde_json::from_slice(&fs::read(report_dir.join("diff.json"))?)?;
+            let functions = report["functions"].as_array().cloned().unwrap_or_default();
+            let flagged: Vec<&str> = functions
+                .iter()
+                .filter(|f| f["significant"] == true)
+                .filter_map(|f| f["function"].as_str())
+                .collect();
+            if is_slow {
+                found += usize::from(flagged == ["work_b"]);
+                if let Some(b) = functions.iter().find(|f| f["function"] == "work_b") {
+                    changes.push(b["change"].as_f64().unwrap_or(f64::NAN));
+                }
+            } else {
+                false_alarms += usize::from(!flagged.is_empty());
+            }
+        }
+    }
+    let mut text = format!(
+        "## Differential profiles: variant fixture (work_b 2x), 3 vs 3 replicates of 3 s at 99 Hz, {} rounds\n\n\
+         normal vs slow: work_b alone flagged in {found} of {} rounds; normal vs normal: \
+         something flagged in {false_alarms} of {} rounds\n\n\
+         | measure | median | range | n |\n|---|---|---|---|\n",
+        args.repeats, args.repeats, args.repeats
+    );
+    row(&mut text, "work_b change (×)", &changes, |v| {
+        format!("{v:.2}")
+    });
+    row(&mut text, "hindsight diff time (ms)", &diff_ms, |v| {
+        format!("{v:.0}")
+    });
+    row(&mut text, "cpu.pb.gz size (bytes)", &pprof_bytes, |v| {
+        format!("{v:.0}")
+    });
+    row(&mut text, "cpu.folded size (bytes)", &folded_bytes, |v| {
+        format!("{v:.0}")
     });
     text.push('\n');
     Ok(text)

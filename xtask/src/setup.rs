@@ -57,6 +57,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "iproute2",
         "capture records interfaces and routes with `ip -j`",
     ),
+    (
+        "golang-go",
+        "the tests read our pprof files with a real reader, `go tool pprof -top`",
+    ),
 ];
 
 /// Debian packages only the benchmarks need.

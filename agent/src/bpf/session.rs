@@ -47,6 +47,8 @@ pub struct SessionConfig {
     pub offcpu: Option<offcpu::OffCpuSettings>,
     /// Lock contention (kernel locks and futexes).
     pub locks: bool,
+    /// Key on-CPU samples and off-CPU waits by thread too.
+    pub per_thread: bool,
     pub sizes: MapSizes,
     /// How user stacks are walked (`--unwind`).
     pub unwind: UnwindSettings,
@@ -98,6 +100,7 @@ impl Session {
         let kernel_stack_reuses = offcpu.kernel_stack_reuses;
         let copy_bytes = config.unwind.copy_bytes();
         let copy_budget = config.unwind.budget();
+        let per_thread = u32::from(config.per_thread);
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_FLAGS", &flags, true)
             .override_global("AGENT_TGID", &agent, true)
@@ -107,6 +110,7 @@ impl Session {
             .override_global("STACK_COPY_BYTES", &copy_bytes, true)
             .override_global("COPY_BUDGET_PER_SEC", &copy_budget, true)
             .map_max_entries("STACK_COPIES", config.unwind.ring_size())
+            .override_global("PER_THREAD", &per_thread, true)
             .map_max_entries("STACKS", config.sizes.stacks)
             .map_max_entries("CPU_COUNTS", config.sizes.keys)
             .map_max_entries("OFFCPU", config.sizes.keys)

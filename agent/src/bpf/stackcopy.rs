@@ -109,6 +109,8 @@ pub struct StackEvent<'a> {
     pub value: u64,
     /// The copy stopped at the size limit rather than at the end of the stack.
     pub truncated: bool,
+    /// With `--per-thread`: the thread id; else 0.
+    pub tid: u32,
     /// The stack from `sp` up.
     pub stack: &'a [u8],
 }
@@ -144,6 +146,7 @@ impl<'a> CopyEvent<'a> {
             lock_addr: u64_at(40)?,
             value: u64_at(48)?,
             truncated: u32_at(60)? != 0,
+            tid: u32_at(64)?,
             stack,
         }))
     }

@@ -3,7 +3,9 @@
 
 pub mod agent;
 pub mod assets;
+pub mod baseline;
 pub mod capture;
+pub mod diff;
 pub mod keygen;
 pub mod preserve;
 pub mod profile;
@@ -28,6 +30,8 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Profile(profile::ProfileArgs),
+    Baseline(baseline::BaselineArgs),
+    Diff(diff::DiffArgs),
     Capture(capture::CaptureArgs),
     Keygen(keygen::KeygenArgs),
     Verify(verify::VerifyArgs),

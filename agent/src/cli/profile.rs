@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, os::fd::AsFd as _};
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use crate::profile::{Mode, TaskState, UnwindMode};
+use crate::profile::{Format, Mode, TaskState, UnwindMode};
 use nix::sys::{
     signal::{SigSet, Signal},
     signalfd::{SfdFlags, SignalFd},
@@ -27,8 +27,9 @@ use nix::sys::{
 ///           per waiter stack and lock. Weight = microseconds waited; a futex is named by
 ///           the global variable it lies in when the binary has symbols.
 ///   all     all of the above.
-/// Each mode writes OUTPUT_DIR/<mode>.folded and OUTPUT_DIR/<mode>.svg; a summary (top
-/// functions, waits and contended locks) goes to stdout. Filters (--pid, --cgroup, --unit)
+/// Each mode writes OUTPUT_DIR/<mode>.folded and OUTPUT_DIR/<mode>.svg (--format adds
+/// <mode>.pb.gz, pprof); a summary (top functions, waits and contended locks; --top rows)
+/// goes to stdout. Filters (--pid, --cgroup, --unit)
 /// run in the kernel. Needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE (to read
 /// other processes' memory maps and binaries).
 ///
@@ -121,9 +122,39 @@ pub struct ProfileArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub unwind_budget: u64,
 
-    /// Directory for the <mode>.folded and <mode>.svg files (created if missing).
+    /// Directory for the <mode>.folded, <mode>.svg and <mode>.pb.gz files (created if
+    /// missing).
     #[arg(long, short = 'o', default_value = ".", value_name = "DIR")]
     pub output_dir: PathBuf,
+
+    /// What to write per mode, a comma list: svg (flame graph), folded (folded stacks),
+    /// pprof (<mode>.pb.gz, for go tool pprof, Pyroscope, Parca, speedscope; samples carry
+    /// process, pid, cgroup and unit labels).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "svg,folded",
+        value_name = "FORMATS"
+    )]
+    pub format: Vec<Format>,
+
+    /// Draw icicle graphs: the root at the top, stacks growing down.
+    #[arg(long)]
+    pub icicle: bool,
+
+    /// Reverse the stacks: leaf functions at the root with their callers above them, so a
+    /// function called from many places is one wide frame.
+    #[arg(long)]
+    pub reversed: bool,
+
+    /// Group by thread: a frame `NAME (tid N)` under each process frame (cpu and offcpu;
+    /// the pprof samples get thread and tid labels). Keys the kernel maps by thread.
+    #[arg(long)]
+    pub per_thread: bool,
+
+    /// Rows in the summary's lists of top functions (cpu) and waits (offcpu, locks).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub top: usize,
 }
 
 /// A `--mode` value.
@@ -156,6 +187,14 @@ impl ProfileArgs {
 
 pub fn run(args: ProfileArgs) -> Result<()> {
     let request = crate::profile::ProfileRequest::from_cli(&args)?;
+    println!("{}", run_request(&request)?);
+    Ok(())
+}
+
+/// Takes one profile; Ctrl-C or SIGTERM end it early (it is still written).
+pub fn run_request(
+    request: &crate::profile::ProfileRequest,
+) -> Result<crate::profile::ProfileReport> {
     // Ctrl-C and SIGTERM end sampling early; the profile is still written. Blocked here
     // and read through a signalfd, then unblocked, so a second Ctrl-C during symbolization
     // stops the program.
@@ -165,11 +204,10 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     signals.thread_block().context("blocking SIGINT/SIGTERM")?;
     let stop = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .context("creating a signalfd")?;
-    let result = crate::profile::run(&request, stop.as_fd());
+    let result = crate::profile::run(request, stop.as_fd());
     let _ = stop.read_signal();
     signals
         .thread_unblock()
         .context("unblocking SIGINT/SIGTERM")?;
-    println!("{}", result.context("profiling failed")?);
-    Ok(())
+    result.context("profiling failed")
 }

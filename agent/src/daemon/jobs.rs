@@ -162,6 +162,8 @@ pub fn profile_request(spec: &ProfileSpec, output_dir: PathBuf) -> ProfileReques
             ..UnwindSettings::default()
         },
         output_dir,
+        output: crate::profile::OutputOptions::default(),
+        per_thread: false,
     }
 }
 

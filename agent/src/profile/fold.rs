@@ -25,8 +25,12 @@ pub struct Record {
     pub tgid: u32,
     pub user_stack_id: i32,
     pub kernel_stack_id: i32,
+    /// Thread id when grouping per thread, else 0.
+    pub tid: u32,
     /// Samples (on-CPU) or microseconds (off-CPU, locks).
     pub weight: u64,
+    /// Events behind the weight: samples, waits, or lock contentions.
+    pub count: u64,
     /// Frame appended above the stack (off-CPU state, lock name).
     pub leaf: Option<String>,
 }
@@ -84,12 +88,37 @@ fn is_tracing_frame(name: &str) -> bool {
     PREFIXES.iter().any(|p| name.starts_with(p)) || name.ends_with("[bpf]")
 }
 
+/// One record's stack as frames (the process name first), with its process: what pprof
+/// export labels by process and cgroup before processes are merged by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStack {
+    pub tgid: u32,
+    /// The thread when grouping per thread (its frame follows the process frame), else 0.
+    pub tid: u32,
+    pub frames: Vec<String>,
+    pub weight: u64,
+    /// Events behind the weight (waits, contentions; samples for on-CPU).
+    pub count: u64,
+}
+
+/// Folds the records into one profile, processes of the same name merged.
 pub fn fold(
     records: &[Record],
     stacks: &HashMap<u32, Vec<u64>>,
     processes: &ProcessTable,
     symbolizer: &mut Symbolizer,
 ) -> (Folded, FoldStats) {
+    let (stacks, stats) = fold_stacks(records, stacks, processes, symbolizer);
+    (Folded::from_stacks(&stacks), stats)
+}
+
+/// Resolves every record to frames, one [`ProcessStack`] per record.
+pub fn fold_stacks(
+    records: &[Record],
+    stacks: &HashMap<u32, Vec<u64>>,
+    processes: &ProcessTable,
+    symbolizer: &mut Symbolizer,
+) -> (Vec<ProcessStack>, FoldStats) {
     let mut stats = FoldStats::default();
     let stack = |id: i32| -> Option<&Vec<u64>> {
         if id < 0 {
@@ -124,7 +153,8 @@ pub fn fold(
         user_names.insert(*tgid, names);
     }
 
-    let mut folded = Folded::default();
+    let mut folded = Vec::with_capacity(records.len());
+    let mut threads: HashMap<(u32, u32), String> = HashMap::new();
     let mut seen = BTreeSet::new();
     for r in records {
         stats.weight += r.weight;
@@ -132,6 +162,12 @@ pub fn fold(
         let process = processes.get(r.tgid);
         let mut frames =
             vec![process.map_or_else(|| format!("[pid {}]", r.tgid), |p| p.comm.clone())];
+        if r.tid != 0 {
+            let name = threads
+                .entry((r.tgid, r.tid))
+                .or_insert_with(|| thread_name(r.tgid, r.tid));
+            frames.push(format!("{name} (tid {})", r.tid));
+        }
         match stack(r.user_stack_id) {
             Some(ips) => {
                 let names = &user_names[&r.tgid];
@@ -184,7 +220,15 @@ pub fn fold(
         if let Some(leaf) = &r.leaf {
             frames.push(leaf.clone());
         }
-        folded.add(&frames, r.weight);
+        if r.weight > 0 {
+            folded.push(ProcessStack {
+                tgid: r.tgid,
+                tid: r.tid,
+                frames,
+                weight: r.weight,
+                count: r.count,
+            });
+        }
     }
     stats.processes = seen.len();
     stats.exited = seen
@@ -192,6 +236,13 @@ pub fn fold(
         .filter(|t| processes.get(**t).is_some_and(|p| p.exited))
         .count();
     (folded, stats)
+}
+
+/// A thread's name (its comm), or `[exited]` once it is gone.
+fn thread_name(tgid: u32, tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_else(|_| "[exited]".to_owned())
 }
 
 #[cfg(test)]
@@ -220,7 +271,14 @@ mod tests {
             tgid: me,
             user_stack_id: user,
             kernel_stack_id: kernel,
+            // Grouped by thread when it is a wait (this test's thread).
+            tid: if leaf.is_some() {
+                nix::unistd::gettid().as_raw() as u32
+            } else {
+                0
+            },
             weight,
+            count: weight,
             leaf: leaf.map(str::to_owned),
         };
         let records = vec![
@@ -251,9 +309,19 @@ mod tests {
             lines.iter().any(|l| l.ends_with(";[lost]_[k] 1")),
             "{lines:#?}"
         );
+        let thread =
+            std::fs::read_to_string(format!("/proc/{me}/task/{}/comm", nix::unistd::gettid()))
+                .unwrap();
+        let thread_frame = format!(
+            "{comm};{} (tid {});",
+            thread.trim_end(),
+            nix::unistd::gettid()
+        );
         assert!(
-            lines.iter().any(|l| l.ends_with(";[sleeping] 4")),
-            "{lines:#?}"
+            lines
+                .iter()
+                .any(|l| l.starts_with(&thread_frame) && l.ends_with(";[sleeping] 4")),
+            "{thread_frame}: {lines:#?}"
         );
     }
 

@@ -3,8 +3,11 @@
 //! stacks ([`fold`], [`stack`]) -> flame graphs ([`flamegraph`]) and the summary
 //! ([`ProfileReport`]). [`run`] drives it for one `hindsight profile`.
 
+pub mod baseline;
+pub mod diff;
 pub mod flamegraph;
 pub mod fold;
+pub mod pprof;
 pub mod process;
 mod records;
 mod report;
@@ -103,6 +106,37 @@ impl Mode {
     }
 }
 
+/// A file format a profile is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Format {
+    /// `<mode>.svg`: an interactive flame graph.
+    Svg,
+    /// `<mode>.folded`: folded stacks, one `frame;frame;... weight` line per stack.
+    Folded,
+    /// `<mode>.pb.gz`: gzip'd pprof protobuf, with process/pid/cgroup/unit labels.
+    Pprof,
+}
+
+/// What a profile writes and how its graphs and summary look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputOptions {
+    pub formats: BTreeSet<Format>,
+    pub graph: flamegraph::GraphStyle,
+    /// Rows of the summary's top functions/waits.
+    pub top: usize,
+}
+
+impl Default for OutputOptions {
+    fn default() -> Self {
+        Self {
+            // What `hindsight profile` always wrote.
+            formats: BTreeSet::from([Format::Svg, Format::Folded]),
+            graph: flamegraph::GraphStyle::default(),
+            top: 5,
+        }
+    }
+}
+
 /// One profile to take.
 #[derive(Debug, Clone)]
 pub struct ProfileRequest {
@@ -115,6 +149,9 @@ pub struct ProfileRequest {
     /// How user stacks are walked (`--unwind`).
     pub unwind: UnwindSettings,
     pub output_dir: PathBuf,
+    pub output: OutputOptions,
+    /// A thread frame (`name (tid N)`) under each process frame, for cpu and offcpu.
+    pub per_thread: bool,
 }
 
 impl ProfileRequest {
@@ -148,12 +185,21 @@ impl ProfileRequest {
                 ..UnwindSettings::default()
             },
             output_dir: args.output_dir.clone(),
+            per_thread: args.per_thread,
+            output: OutputOptions {
+                formats: args.format.iter().copied().collect(),
+                graph: flamegraph::GraphStyle {
+                    icicle: args.icicle,
+                    reversed: args.reversed,
+                },
+                top: args.top,
+            },
         })
     }
 }
 
 /// Takes one profile: resolves targets, records the requested modes, symbolizes, and
-/// writes `<mode>.folded` and `<mode>.svg` in the output directory. Recording ends after
+/// writes `<mode>.folded`, `<mode>.svg` and/or `<mode>.pb.gz` in the output directory. Recording ends after
 /// the requested duration, or early when `stop` becomes readable (the CLI passes a
 /// signalfd for Ctrl-C/SIGTERM, a daemon an eventfd); the profile is written either way.
 pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileReport, ProfileError> {
@@ -182,6 +228,7 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
                 .contains(&Mode::OffCpu)
                 .then(|| request.offcpu.clone()),
             locks: modes.contains(&Mode::Locks),
+            per_thread: request.per_thread,
             sizes: MapSizes::default(),
             unwind: request.unwind,
         },
@@ -283,39 +330,71 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
         .unwrap_or_else(|_| "this host".into());
     let mut outputs = Vec::new();
     for &mode in modes {
-        let (folded, fold_stats, lock_table) = fold_mode(mode, &raw, &processes, &mut symbolizer);
-        let folded_path = request.output_dir.join(format!("{}.folded", mode.name()));
-        let svg_path = request.output_dir.join(format!("{}.svg", mode.name()));
-        write_atomically(&folded_path, |out| folded.write_to(out))?;
-        let (title, unit, palette) = mode.labels(&targets.describe(), &host);
-        let labels = flamegraph::GraphLabels {
-            title,
-            subtitle: format!(
-                "{} UTC, {:.1} s, {} {unit}{}; kernel frames _[k]; [lost] = stack not recorded",
-                utc_seconds(started_at),
-                sampled_for.as_secs_f64(),
-                folded.total(),
-                if mode == Mode::Cpu {
-                    format!(" at {} Hz on {cpus} CPUs", request.frequency)
-                } else {
-                    String::new()
+        let (records, lock_table) = mode_records(mode, &raw, &processes, &mut symbolizer);
+        let (stacks, fold_stats) =
+            fold::fold_stacks(&records, &raw.stacks, &processes, &mut symbolizer);
+        let folded = stack::Folded::from_stacks(&stacks);
+        let formats = &request.output.formats;
+        let mut files = Vec::new();
+        let path = |ext: &str| request.output_dir.join(format!("{}.{ext}", mode.name()));
+        if formats.contains(&Format::Folded) {
+            let folded_path = path("folded");
+            write_atomically(&folded_path, |out| folded.write_to(out))?;
+            files.push(folded_path);
+        }
+        if formats.contains(&Format::Svg) {
+            let (title, unit, palette) = mode.labels(&targets.describe(), &host);
+            let labels = flamegraph::GraphLabels {
+                title,
+                subtitle: format!(
+                    "{} UTC, {:.1} s, {} {unit}{}; kernel frames _[k]; [lost] = stack not recorded",
+                    utc_seconds(started_at),
+                    sampled_for.as_secs_f64(),
+                    folded.total(),
+                    if mode == Mode::Cpu {
+                        format!(" at {} Hz on {cpus} CPUs", request.frequency)
+                    } else {
+                        String::new()
+                    },
+                ),
+                count_name: unit.into(),
+                palette,
+                style: request.output.graph,
+            };
+            let svg_path = path("svg");
+            write_atomically(&svg_path, |out| {
+                flamegraph::write_svg(&folded, &labels, out)
+            })?;
+            files.push(svg_path);
+        }
+        if formats.contains(&Format::Pprof) {
+            let pprof_path = path("pb.gz");
+            let profile = pprof_of(
+                mode,
+                &stacks,
+                &processes,
+                &pprof::ExportMeta {
+                    mode,
+                    frequency: request.frequency,
+                    time_nanos: started_at
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i64),
+                    duration_nanos: sampled_for.as_nanos() as i64,
+                    comment: mode.labels(&targets.describe(), &host).0,
+                    sources: symbolizer.sources.clone(),
                 },
-            ),
-            count_name: unit.into(),
-            palette,
-        };
-        write_atomically(&svg_path, |out| {
-            flamegraph::write_svg(&folded, &labels, out)
-        })?;
+            );
+            write_atomically(&pprof_path, |out| pprof::write_gz(&profile, out))?;
+            files.push(pprof_path);
+        }
         outputs.push(ModeOutput {
             mode,
             top: if mode == Mode::Cpu {
-                folded.top_self(5)
+                folded.top_self(request.output.top)
             } else {
-                folded.top_waits(5)
+                folded.top_waits(request.output.top)
             },
-            folded_path,
-            svg_path,
+            files,
             fold: fold_stats,
             distinct_stacks: folded.len(),
             locks: lock_table,
@@ -344,13 +423,56 @@ pub fn fold_mode(
     processes: &process::ProcessTable,
     symbolizer: &mut symbolize::Symbolizer,
 ) -> (stack::Folded, fold::FoldStats, Vec<LockSummary>) {
-    let (records, lock_table) = match mode {
+    let (records, lock_table) = mode_records(mode, raw, processes, symbolizer);
+    let (folded, stats) = fold::fold(&records, &raw.stacks, processes, symbolizer);
+    (folded, stats, lock_table)
+}
+
+/// One mode's records; for locks, the per-lock table too.
+fn mode_records(
+    mode: Mode,
+    raw: &bpf::RawProfile,
+    processes: &process::ProcessTable,
+    symbolizer: &mut symbolize::Symbolizer,
+) -> (Vec<fold::Record>, Vec<LockSummary>) {
+    match mode {
         Mode::Cpu => (records::oncpu(raw), Vec::new()),
         Mode::OffCpu => (records::offcpu(raw), Vec::new()),
         Mode::Locks => records::locks(raw, processes, symbolizer),
-    };
-    let (folded, stats) = fold::fold(&records, &raw.stacks, processes, symbolizer);
-    (folded, stats, lock_table)
+    }
+}
+
+/// The pprof profile of one mode's stacks, labelled by process.
+fn pprof_of(
+    mode: Mode,
+    stacks: &[fold::ProcessStack],
+    processes: &process::ProcessTable,
+    meta: &pprof::ExportMeta,
+) -> pprof::Profile {
+    debug_assert_eq!(mode, meta.mode);
+    let mut labels = std::collections::HashMap::new();
+    for s in stacks {
+        labels.entry((s.tgid, s.tid)).or_insert_with(|| {
+            let info = processes.get(s.tgid);
+            pprof::SampleLabels {
+                // As the root frame of the folded stack.
+                process: s.frames.first().cloned().unwrap_or_default(),
+                pid: s.tgid,
+                tid: (s.tid != 0).then_some(s.tid),
+                cgroup: info.and_then(|p| p.cgroup.clone()),
+            }
+        });
+    }
+    let samples: Vec<pprof::ExportSample<'_>> = stacks
+        .iter()
+        .map(|s| pprof::ExportSample {
+            frames: s.frames.get(1..).unwrap_or_default(),
+            weight: s.weight,
+            count: s.count,
+            labels: &labels[&(s.tgid, s.tid)],
+        })
+        .collect();
+    pprof::build(&samples, meta)
 }
 
 /// `2026-12-04 15:43:13`, in UTC.

@@ -86,6 +86,9 @@ pub struct ProcessInfo {
     pub perf_map: Vec<PerfMapEntry>,
     /// Gone before the end of the profile (symbolized from its first snapshot).
     pub exited: bool,
+    /// Its cgroup v2 path (`/system.slice/nginx.service`) when it was first seen: a label
+    /// of pprof samples.
+    pub cgroup: Option<String>,
 }
 
 impl ProcessInfo {
@@ -187,6 +190,7 @@ impl ProcessTable {
                         maps: Vec::new(),
                         perf_map: Vec::new(),
                         exited: true,
+                        cgroup: None,
                     },
                 );
             }
@@ -292,6 +296,7 @@ impl ProcessTable {
             maps,
             perf_map,
             exited: false,
+            cgroup: read_cgroup(tgid),
         })
     }
 
@@ -368,6 +373,14 @@ fn read_perf_map(tgid: u32) -> Vec<PerfMapEntry> {
 }
 
 /// Parses perf's JIT map format: `START SIZE NAME` per line, hex numbers.
+/// The unified (v2) hierarchy's line of `/proc/PID/cgroup`: `0::/system.slice/x.service`.
+fn read_cgroup(tgid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
 pub fn parse_perf_map(text: &str) -> Vec<PerfMapEntry> {
     let mut entries: Vec<PerfMapEntry> = text
         .lines()
@@ -400,6 +413,7 @@ mod tests {
             maps: Vec::new(),
             perf_map: entries,
             exited: false,
+            cgroup: None,
         };
         assert_eq!(
             info.perf_map_symbol(0x7f08),

@@ -20,7 +20,9 @@ pub fn oncpu(raw: &RawProfile) -> Vec<Record> {
             tgid: s.key.tgid,
             user_stack_id: s.key.user_stack_id,
             kernel_stack_id: s.key.kernel_stack_id,
+            tid: s.key.pid,
             weight: s.count,
+            count: s.count,
             leaf: None,
         })
         .collect()
@@ -33,7 +35,9 @@ pub fn offcpu(raw: &RawProfile) -> Vec<Record> {
             tgid: key.tgid,
             user_stack_id: key.user_stack_id,
             kernel_stack_id: key.kernel_stack_id,
+            tid: key.pid,
             weight: micros(stats.total_ns),
+            count: stats.count,
             leaf: Some(TaskState::from_code(key.state).frame().to_owned()),
         })
         .collect()
@@ -72,7 +76,10 @@ pub fn locks(
             tgid: key.tgid,
             user_stack_id: key.user_stack_id,
             kernel_stack_id: key.kernel_stack_id,
+            // Lock keys are per process.
+            tid: 0,
             weight: micros(stats.total_ns),
+            count: stats.count,
             leaf: Some(format!("[{} {name}]", locks::kind(key.flags))),
         });
     }

@@ -11,8 +11,8 @@ use crate::bpf::{Counter, Counters, UnwindMode};
 #[derive(Debug)]
 pub struct ModeOutput {
     pub mode: Mode,
-    pub folded_path: PathBuf,
-    pub svg_path: PathBuf,
+    /// The files written (`--format`).
+    pub files: Vec<PathBuf>,
     pub fold: FoldStats,
     pub distinct_stacks: usize,
     /// On-CPU: functions by self samples. Off-CPU and locks: the heaviest waits.
@@ -78,11 +78,14 @@ impl fmt::Display for ProfileReport {
         for out in &self.outputs {
             writeln!(
                 f,
-                "\n{}: wrote {} ({} distinct stacks) and {}",
+                "\n{}: {} distinct stacks; wrote {}",
                 out.mode.name(),
-                out.folded_path.display(),
                 out.distinct_stacks,
-                out.svg_path.display()
+                out.files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )?;
             let unit = if out.mode == Mode::Cpu {
                 "samples"

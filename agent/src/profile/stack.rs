@@ -63,6 +63,15 @@ impl Folded {
         self.stacks.iter().map(|(s, n)| (s.as_str(), *n))
     }
 
+    /// Per-process stacks merged by frames (processes of one name merge too).
+    pub fn from_stacks(stacks: &[super::fold::ProcessStack]) -> Self {
+        let mut folded = Self::default();
+        for s in stacks {
+            folded.add(&s.frames, s.weight);
+        }
+        folded
+    }
+
     pub fn total(&self) -> u64 {
         self.stacks.values().sum()
     }

@@ -35,6 +35,9 @@ pub struct Symbolizer {
     user: HashMap<(usize, u64), FrameNames>,
     /// Read DWARF (inlined functions) when a file has it; off: ELF symbols only.
     debug_syms: bool,
+    /// Source file of each user function name DWARF located (first seen wins), for the
+    /// pprof export's `Function.filename`.
+    pub sources: HashMap<String, String>,
     pub stats: SymbolizeStats,
 }
 
@@ -62,6 +65,7 @@ impl Symbolizer {
             kernel: HashMap::new(),
             user: HashMap::new(),
             debug_syms: true,
+            sources: HashMap::new(),
             stats: SymbolizeStats::default(),
         }
     }
@@ -173,7 +177,10 @@ impl Symbolizer {
                 let names = results
                     .as_ref()
                     .ok()
-                    .and_then(|r| names_of(r.get(i)))
+                    .and_then(|r| {
+                        record_sources(r.get(i), &mut self.sources);
+                        names_of(r.get(i))
+                    })
                     .unwrap_or_else(|| vec![format!("[{}]", object.name())]);
                 self.user.insert((id, *offset), names.clone());
                 out.insert(*addr, names);
@@ -247,6 +254,31 @@ fn names_of(result: Option<&Symbolized<'_>>) -> Option<FrameNames> {
     let mut names = vec![sym.name.to_string()];
     names.extend(sym.inlined.iter().map(|f| f.name.to_string()));
     Some(names)
+}
+
+/// Notes the source file of each name of a symbolized address. The address's own location
+/// is in the innermost (inlined) function; each inlined function's call site is in the
+/// function it was inlined into.
+fn record_sources(result: Option<&Symbolized<'_>>, sources: &mut HashMap<String, String>) {
+    let Some(Symbolized::Sym(sym)) = result else {
+        return;
+    };
+    let names = std::iter::once(&sym.name).chain(sym.inlined.iter().map(|f| &f.name));
+    let files = sym
+        .inlined
+        .iter()
+        .map(|f| f.code_info.as_ref())
+        .chain(std::iter::once(sym.code_info.as_deref()));
+    for (name, info) in names.zip(files) {
+        if let Some(info) = info
+            && !sources.contains_key(name.as_ref())
+        {
+            sources.insert(
+                name.to_string(),
+                info.to_path().to_string_lossy().into_owned(),
+            );
+        }
+    }
 }
 
 fn dedup(addrs: impl Iterator<Item = u64>) -> Vec<u64> {

@@ -233,6 +233,7 @@ impl StackUnwinder {
                     tgid: event.tgid,
                     user_stack_id: id,
                     kernel_stack_id: event.kernel_stack_id,
+                    pid: event.tid,
                 };
                 *self.oncpu.entry(key).or_default() += event.value;
             }
@@ -242,6 +243,7 @@ impl StackUnwinder {
                     user_stack_id: id,
                     kernel_stack_id: event.kernel_stack_id,
                     state: event.extra,
+                    pid: event.tid,
                 };
                 self.pending.insert(event.value, key);
             }

@@ -166,6 +166,7 @@ impl Recorder {
                     ),
                     count_name: unit.into(),
                     palette,
+                    style: flamegraph::GraphStyle::default(),
                 };
                 let mut svg = Vec::new();
                 match flamegraph::write_svg(folded, &labels, &mut svg) {

@@ -365,6 +365,7 @@ fn start_session(
             }),
             locks: modes.contains(&Mode::Locks),
             sizes: MapSizes::default(),
+            per_thread: false,
             // Frame pointers: the window drain reads the kernel's aggregates, not the ring
             // of copied stacks, and an always-on recorder must stay cheap.
             unwind: crate::bpf::UnwindSettings {

@@ -20,6 +20,9 @@ pub struct StackKey {
     pub user_stack_id: i32,
     /// `bpf_get_stackid(.., 0)` result.
     pub kernel_stack_id: i32,
+    /// Thread id of the sampled task when samples are grouped per thread (the
+    /// `PER_THREAD` global), else 0.
+    pub pid: u32,
 }
 
 /// Sent on the `NEW_PROCESSES` ring buffer the first time a process is sampled, so that user
@@ -147,6 +150,8 @@ pub struct OffCpuKey {
     pub kernel_stack_id: i32,
     /// One of [`offcpu_state`].
     pub state: u32,
+    /// Thread id when waits are grouped per thread (the `PER_THREAD` global), else 0.
+    pub pid: u32,
 }
 
 /// A thread's last switch-out. While it is off the CPU, `ts` is when it left
@@ -267,12 +272,15 @@ pub struct StackCopy {
     pub len: u32,
     /// `StackCopyTruncated`: the copy stopped at the size limit, not at the stack's end.
     pub truncated: u32,
+    /// With `--per-thread` (on-CPU, off-CPU): the thread id; else 0.
+    pub tid: u32,
+    pub _pad: u32,
     pub stack: [u8; STACK_COPY_MAX],
 }
 
 impl StackCopy {
     /// Bytes before `stack`.
-    pub const HEADER: usize = 64;
+    pub const HEADER: usize = 72;
 }
 
 /// The end of an off-CPU wait whose user stack was copied at switch-out.
