@@ -309,11 +309,11 @@ pub fn copy_user_stack() -> Option<&'static mut StackCopy> {
 /// Sends a filled record, cut after its copied bytes. False (counted) if the ring is full.
 #[inline(always)]
 pub fn send_copy(record: &StackCopy) -> bool {
-    let size = StackCopy::HEADER + record.len as usize;
-    if size > size_of::<StackCopy>() {
-        return false;
-    }
-    // SAFETY: `size` is within the record (checked above); `StackCopy` is plain data.
+    // `len <= STACK_COPY_MAX` by construction, so the mask changes nothing; it is there
+    // for the verifier, which lost the bound of a compare-then-add here (the compiler
+    // checked one copy of `len` and added to another).
+    let size = (StackCopy::HEADER + record.len as usize) & StackCopy::SEND_MASK;
+    // SAFETY: `size <= SEND_MASK < size_of::<StackCopy>()`; `StackCopy` is plain data.
     let bytes =
         unsafe { core::slice::from_raw_parts(core::ptr::from_ref(record).cast::<u8>(), size) };
     if STACK_COPIES.output(bytes, 0).is_ok() {

@@ -72,7 +72,7 @@ fn dwarf_unwinds_c_built_without_frame_pointers_to_main() {
         reached >= 0.95,
         "{reached:.3} of {total} samples reach main -> run_rounds -> work_*\n{stdout}"
     );
-    assert!(stdout.contains("unwinding (Dwarf)"), "{stdout}");
+    assert!(stdout.contains("unwinding (--unwind dwarf)"), "{stdout}");
 
     // The same binary with frame pointers: the walk stops at the leaf.
     let out = tempfile::tempdir().unwrap();

@@ -207,10 +207,11 @@ impl fmt::Display for ProfileReport {
         if self.unwind_mode != UnwindMode::Fp {
             writeln!(
                 f,
-                "unwinding ({:?}): {} copied stacks unwound from {} binaries' tables, {:.1} µs each; \
+                "unwinding (--unwind {}): {} copied stacks unwound from {} binaries' tables, {:.1} µs each; \
                  {} incomplete, {} copies filled --unwind-stack; {} waits over budget and {} \
                  copies lost (ring full) used frame pointers",
-                self.unwind_mode,
+                clap::ValueEnum::to_possible_value(&self.unwind_mode)
+                    .map_or_else(String::new, |v| v.get_name().to_owned()),
                 self.unwind.stacks,
                 self.unwind.binaries,
                 self.unwind.per_stack().as_secs_f64() * 1e6,

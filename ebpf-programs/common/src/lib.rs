@@ -276,11 +276,18 @@ pub struct StackCopy {
     pub tid: u32,
     pub _pad: u32,
     pub stack: [u8; STACK_COPY_MAX],
+    /// Never filled: makes the record `SEND_MASK + 1` bytes, so that a size masked with
+    /// `SEND_MASK` is provably inside it for the verifier, whatever the compiler did to
+    /// the bounds check of `len`.
+    pub _slack: [u8; StackCopy::SEND_MASK + 1 - StackCopy::HEADER - STACK_COPY_MAX],
 }
 
 impl StackCopy {
     /// Bytes before `stack`.
     pub const HEADER: usize = 72;
+    /// The size sent is masked with this (a power of two minus one, above the largest
+    /// real size, `HEADER + STACK_COPY_MAX`).
+    pub const SEND_MASK: usize = 0x7fff;
 }
 
 /// The end of an off-CPU wait whose user stack was copied at switch-out.
