@@ -17,7 +17,7 @@ use rcgen::{
 };
 use serde_json::Value;
 
-use crate::support::{hindsight, hindsight_bin, require_root, text};
+use crate::support::{hindsight, hindsight_bin, keygen, require_root, text};
 
 /// Certificates for one test: a CA, the daemon's server certificate, and clients.
 struct Pki {
@@ -96,14 +96,7 @@ impl Setup {
         std::fs::create_dir_all(s.path("etc")).unwrap();
         std::fs::write(s.path("etc/app.conf"), "port = 8080\npassword = hunter2\n").unwrap();
         std::fs::write(s.path("app.log"), "started\n").unwrap();
-        let out = hindsight(&[
-            "keygen",
-            "--secret-key",
-            &s.path("signing.key").display().to_string(),
-            "--public-key",
-            &s.path("signing.pub").display().to_string(),
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        keygen(s.dir.path());
         s
     }
 

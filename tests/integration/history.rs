@@ -5,12 +5,12 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{hindsight, hindsight_bin, require_root, text};
+use crate::support::{hindsight, hindsight_bin, keygen, require_root, text, trigger_and_wait};
 
 /// A test directory with a signing key and a small capture config.
 pub struct Setup {
@@ -22,14 +22,7 @@ impl Setup {
         let s = Self {
             dir: tempfile::tempdir().unwrap(),
         };
-        let out = hindsight(&[
-            "keygen",
-            "--secret-key",
-            &s.path("signing.key").display().to_string(),
-            "--public-key",
-            &s.path("signing.pub").display().to_string(),
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        keygen(s.dir.path());
         s
     }
 
@@ -136,24 +129,7 @@ impl Drop for Daemon {
 /// `hindsight trigger --wait` over the daemon's socket; the archive it reports.
 pub fn trigger_capture(setup: &Setup, reason: &str) -> PathBuf {
     let before = setup.archives();
-    let out: Output = Command::new(hindsight_bin())
-        .args([
-            "trigger",
-            "--socket",
-            &setup.socket(),
-            "--reason",
-            reason,
-            "--wait",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}\nagent log:\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        setup.agent_log()
-    );
+    trigger_and_wait(&setup.socket(), reason, &[], || setup.agent_log());
     let new: Vec<PathBuf> = setup
         .archives()
         .into_iter()

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Workload, fixture, hindsight, hindsight_bin, require_root, text};
+use crate::support::{
+    Workload, fixture, hindsight, hindsight_bin, keygen, require_root, text, trigger_and_wait,
+};
 
 /// A test directory: a signing key and the daemon's config with a `[recorder]` section.
 struct Setup {
@@ -22,14 +24,7 @@ impl Setup {
         let s = Self {
             dir: tempfile::tempdir().unwrap(),
         };
-        let out = hindsight(&[
-            "keygen",
-            "--secret-key",
-            &s.path("signing.key").display().to_string(),
-            "--public-key",
-            &s.path("signing.pub").display().to_string(),
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        keygen(s.dir.path());
         let d = s.dir.path().display();
         std::fs::write(
             s.path("hindsight.toml"),
@@ -118,25 +113,7 @@ impl Drop for Daemon {
 
 /// Captures through the socket, waits, returns the archive.
 fn trigger_capture(setup: &Setup, reason: &str) -> PathBuf {
-    let out = Command::new(hindsight_bin())
-        .args([
-            "trigger",
-            "--socket",
-            &setup.socket(),
-            "--reason",
-            reason,
-            "--wait",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "trigger: {}{}\ndaemon log:\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        setup.log()
-    );
+    trigger_and_wait(&setup.socket(), reason, &["--json"], || setup.log());
     let mut archives: Vec<PathBuf> = std::fs::read_dir(setup.path("out"))
         .unwrap()
         .flatten()

@@ -7,6 +7,41 @@ use std::{
     time::Duration,
 };
 
+/// `hindsight keygen` into `dir/signing.key` and `dir/signing.pub`.
+pub fn keygen(dir: &Path) {
+    let out = hindsight(&[
+        "keygen",
+        "--secret-key",
+        &dir.join("signing.key").display().to_string(),
+        "--public-key",
+        &dir.join("signing.pub").display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// `hindsight trigger --socket SOCKET --reason REASON --wait EXTRA...`, which must succeed;
+/// `daemon_log` is shown when it does not.
+pub fn trigger_and_wait(
+    socket: &str,
+    reason: &str,
+    extra: &[&str],
+    daemon_log: impl FnOnce() -> String,
+) -> Output {
+    let out = Command::new(hindsight_bin())
+        .args(["trigger", "--socket", socket, "--reason", reason, "--wait"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "trigger: {}{}\ndaemon log:\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        daemon_log()
+    );
+    out
+}
+
 /// The `hindsight` binary built for this test run.
 pub fn hindsight_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hindsight"))

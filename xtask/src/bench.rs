@@ -145,20 +145,14 @@ struct Agent {
 
 impl Agent {
     fn start(bin: &Path, args: &[&str], out: &Path) -> Result<Self> {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("profile")
             .args(args)
             .arg("--output-dir")
             .arg(out)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting hindsight")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        if let Err(err) = wait_for_line(stderr, "recording ") {
-            let status = child.wait()?;
-            bail!("hindsight exited before recording ({status}): {err:#}");
-        }
+            .stdout(Stdio::piped());
+        let child = spawn_until(&mut command, "recording ", "hindsight profile is recording")?;
         Ok(Self { child })
     }
 
@@ -189,6 +183,21 @@ impl Agent {
 
 /// Reads `output` until a line contains `needle`, then keeps draining it in a thread so
 /// that the writer never blocks on a full pipe.
+/// Spawns `command` with its stderr piped and waits until a line there contains `needle`
+/// (`what` names that moment in the error if the child exits first).
+fn spawn_until(command: &mut Command, needle: &str, what: &str) -> Result<Child> {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    if let Err(err) = wait_for_line(stderr, needle) {
+        let status = child.wait()?;
+        bail!("exited ({status}) before {what}: {err:#}");
+    }
+    Ok(child)
+}
+
 fn wait_for_line(output: impl std::io::Read + Send + 'static, needle: &str) -> Result<()> {
     let mut lines = BufReader::new(output).lines();
     loop {
@@ -1012,19 +1021,17 @@ impl Daemon {
                  audit_log = \"{d}/audit.jsonl\"\n\n[daemon]\nprofile_dir = \"{d}/profiles\"\n"
             ),
         )?;
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["agent", "--config"])
             .arg(&config)
             .env("HINDSIGHT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting hindsight agent")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        if let Err(err) = wait_for_line(stderr, "flight recorder: recording") {
-            let status = child.wait()?;
-            bail!("the daemon's flight recorder did not start ({status}): {err:#}");
-        }
+            .stdout(Stdio::null());
+        let child = spawn_until(
+            &mut command,
+            "flight recorder: recording",
+            "the daemon's flight recorder is recording",
+        )?;
         Ok(Self { child })
     }
 
@@ -1081,6 +1088,18 @@ fn daemon_share<T>(
     Ok((used / (wall * cpus as f64), value))
 }
 
+/// The recorder benchmark's runs with the daemon.
+struct RecorderRun {
+    /// (agent CPU + BPF run time) / CPU available, under the mixed load.
+    share: f64,
+    /// Wall times of burn and ping-pong in the mixed load.
+    walls: (f64, f64),
+    rss_mib: f64,
+    /// The same share and the wall time with the CPU-bound load alone.
+    alone_share: f64,
+    alone: f64,
+}
+
 fn recorder(
     ws: &Workspace,
     bin: &Path,
@@ -1112,23 +1131,50 @@ fn recorder(
     mixed_load(&burn, &pingpong, args.iterations / 4, cpus)?; // warm-up
     let (mut burn_ratio, mut pp_ratio, mut loaded, mut rss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_only_ratio, mut cpu_only_share) = (Vec::new(), Vec::new());
     for pair in 0..args.pairs {
-        let without = || mixed_load(&burn, &pingpong, args.iterations, cpus);
-        let with = || -> Result<(f64, (f64, f64), f64)> {
+        // The mixed load, then the CPU-bound load alone.
+        let without = || -> Result<((f64, f64), f64)> {
+            let mixed = mixed_load(&burn, &pingpong, args.iterations, cpus)?;
+            let alone = time_workload(&burn, args.iterations, cpus)?.as_secs_f64();
+            Ok((mixed, alone))
+        };
+        let with = || -> Result<RecorderRun> {
             let daemon = Daemon::start(bin, &dir)?;
             std::thread::sleep(settle);
             let (share, walls) = daemon_share(&daemon, cpus, || {
                 mixed_load(&burn, &pingpong, args.iterations, cpus)
             })?;
-            Ok((share, walls, daemon.rss()? as f64 / (1024.0 * 1024.0)))
+            let rss_mib = daemon.rss()? as f64 / (1024.0 * 1024.0);
+            let (alone_share, alone) = daemon_share(&daemon, cpus, || {
+                Ok(time_workload(&burn, args.iterations, cpus)?.as_secs_f64())
+            })?;
+            Ok(RecorderRun {
+                share,
+                walls,
+                rss_mib,
+                alone_share,
+                alone,
+            })
         };
-        let (base, (share, w, r)) = if pair % 2 == 0 {
+        let (
+            (base, base_alone),
+            RecorderRun {
+                share,
+                walls: w,
+                rss_mib: r,
+                alone_share,
+                alone,
+            },
+        ) = if pair % 2 == 0 {
             let base = without()?;
             (base, with()?)
         } else {
             let w = with()?;
             (without()?, w)
         };
+        cpu_only_ratio.push(base_alone / alone);
+        cpu_only_share.push(alone_share);
         println!(
             "xtask: bench: recorder pair {pair}: burn {:.3} s without, {:.3} s with; \
              pingpong {:.3} s / {:.3} s; daemon {:.3}% of the CPU, RSS {r:.1} MiB",
@@ -1163,7 +1209,19 @@ fn recorder(
     );
     row(
         &mut text,
-        "CPU-bound throughput with/without the daemon (target >= 99%)",
+        "CPU-bound load alone: (agent CPU + BPF run time) / CPU available",
+        &cpu_only_share,
+        |x| format!("{:.3}%", x * 100.0),
+    );
+    row(
+        &mut text,
+        "CPU-bound load alone: throughput with/without the daemon (target >= 99%)",
+        &cpu_only_ratio,
+        |x| format!("{:.2}%", x * 100.0),
+    );
+    row(
+        &mut text,
+        "CPU-bound + context-switch load: burn throughput with/without the daemon",
         &burn_ratio,
         |x| format!("{:.2}%", x * 100.0),
     );
