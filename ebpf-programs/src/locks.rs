@@ -69,6 +69,7 @@ fn finish(starts: &HashMap<u32, WaitStart>, pid: u32, lock: Option<u64>) {
                 record.kind = stack_copy::LOCK;
                 record.tgid = key.tgid;
                 record.tid = 0; // lock keys stay per process
+                record.fp_stack_id = -1;
                 record.kernel_stack_id = key.kernel_stack_id;
                 record.extra = key.flags;
                 record.lock_addr = key.lock_addr;

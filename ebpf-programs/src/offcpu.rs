@@ -161,9 +161,12 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
     // `--unwind dwarf|auto`: the user stack goes to user space now, while it is the
     // current task's; frame pointers when over budget or when it cannot be sent.
     let mut walked_kernel = None;
+    let mut walked_user = None;
     if copies_enabled() && take_copy_budget() {
         let kernel_stack_id = stack_id(&ctx, 0);
         walked_kernel = Some(kernel_stack_id);
+        let fp_stack_id = stack_id(&ctx, USER_STACK);
+        walked_user = Some(fp_stack_id);
         // Unique per CPU and switch: the switch-out time and the CPU.
         // SAFETY: helper without arguments.
         let wait_id = (now << 8) | u64::from(unsafe { bpf_get_smp_processor_id() } & 0xff);
@@ -175,6 +178,7 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
             record.extra = state;
             record.lock_addr = 0;
             record.value = wait_id;
+            record.fp_stack_id = fp_stack_id;
             send_copy(record)
         });
         if copied {
@@ -190,7 +194,7 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
         }
     }
     // Frame pointers: the user stack is walked every time; the kernel stack may be reused.
-    let user_stack_id = stack_id(&ctx, USER_STACK);
+    let user_stack_id = walked_user.unwrap_or_else(|| stack_id(&ctx, USER_STACK));
     if let Some(last) = OFFCPU_START.get_ptr_mut(&prev) {
         // SAFETY: a valid map value; `prev` is the current task, and only its own
         // switch-out (here) and switch-in (after this) write its entry.

@@ -44,6 +44,7 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
         record.kind = stack_copy::ONCPU;
         record.tgid = tgid;
         record.tid = thread_of(&ctx);
+        record.fp_stack_id = -1;
         record.kernel_stack_id = kernel_stack_id;
         record.extra = 0;
         record.lock_addr = 0;

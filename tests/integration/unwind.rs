@@ -173,17 +173,27 @@ fn dwarf_unwinds_mutex_waits_through_glibc_to_the_locking_function() {
         "pthread_mutex_lock",
         "lll_lock_wait",
     ];
-    for (mode, title, leaf) in [
-        ("locks", "Lock contention", "[futex ledger_lock]"),
-        ("offcpu", "Off-CPU time", "[sleeping]"),
+    // `auto` with a small budget: most waits use frame pointers and are attributed to the
+    // unwound stacks of the copied waits that had the same frame-pointer stack.
+    let dwarf: &[&str] = &["--unwind", "dwarf"];
+    let auto: &[&str] = &["--unwind", "auto", "--unwind-budget", "100"];
+    for (mode, title, leaf, unwind) in [
+        ("locks", "Lock contention", "[futex ledger_lock]", dwarf),
+        ("offcpu", "Off-CPU time", "[sleeping]", dwarf),
+        ("offcpu", "Off-CPU time", "[sleeping]", auto),
     ] {
         let out = tempfile::tempdir().unwrap();
-        let (folded, stdout) = profile_mode(
-            mode,
-            title,
-            &["--pid", &pid, "--duration", "2", "--unwind", "dwarf"],
-            out.path(),
-        );
+        let mut args = vec!["--pid", &pid, "--duration", "2"];
+        args.extend_from_slice(unwind);
+        let (folded, stdout) = profile_mode(mode, title, &args, out.path());
+        if unwind == auto {
+            let attributed: u64 = stdout
+                .split(" frame-pointer waits attributed")
+                .next()
+                .and_then(|s| s.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0);
+            assert!(attributed > 100, "few waits attributed:\n{stdout}");
+        }
         let (futex_share, total) = share(&folded, "mutex", |f| {
             has_chain(f, &["lll_lock_wait"]) && f.last() == Some(&leaf)
         });
@@ -194,7 +204,7 @@ fn dwarf_unwinds_mutex_waits_through_glibc_to_the_locking_function() {
         // Every futex wait on the mutex is a whole chain.
         assert!(
             whole >= 0.95 * futex_share,
-            "{mode}: {whole:.3} of {total} whole chains, {futex_share:.3} futex waits\n{stdout}"
+            "{mode} {unwind:?}: {whole:.3} of {total} whole chains, {futex_share:.3} futex waits\n{stdout}"
         );
     }
 }

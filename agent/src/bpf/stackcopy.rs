@@ -111,6 +111,8 @@ pub struct StackEvent<'a> {
     pub truncated: bool,
     /// With `--per-thread`: the thread id; else 0.
     pub tid: u32,
+    /// Off-CPU: the frame-pointer user stack id walked beside the copy (negative: none).
+    pub fp_stack_id: i32,
     /// The stack from `sp` up.
     pub stack: &'a [u8],
 }
@@ -147,6 +149,7 @@ impl<'a> CopyEvent<'a> {
             value: u64_at(48)?,
             truncated: u32_at(60)? != 0,
             tid: u32_at(64)?,
+            fp_stack_id: u32_at(68)? as i32,
             stack,
         }))
     }

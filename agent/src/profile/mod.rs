@@ -309,8 +309,7 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
     take_notifications(&mut session, &mut processes);
     session.take_stack_copies(|record| unwinder.add(record, &mut processes));
     let mut raw = session.drain()?;
-    let unwind_stats = unwinder.stats;
-    unwinder.finish(&mut raw);
+    let unwind_stats = unwinder.finish(&mut raw);
     session.read_stacks(&mut raw)?; // the kernel stacks of the unwound records
     drop(session);
     for tgid in raw

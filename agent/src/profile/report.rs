@@ -209,7 +209,8 @@ impl fmt::Display for ProfileReport {
                 f,
                 "unwinding (--unwind {}): {} copied stacks unwound from {} binaries' tables, {:.1} µs each; \
                  {} incomplete, {} copies filled --unwind-stack; {} waits over budget and {} \
-                 copies lost (ring full) used frame pointers",
+                 copies lost (ring full) used frame pointers; {} frame-pointer waits attributed \
+                 to the unwound stacks of copied waits with the same frame-pointer stack",
                 clap::ValueEnum::to_possible_value(&self.unwind_mode)
                     .map_or_else(String::new, |v| v.get_name().to_owned()),
                 self.unwind.stacks,
@@ -219,6 +220,7 @@ impl fmt::Display for ProfileReport {
                 self.unwind.truncated_copies,
                 c(Counter::StackCopyOverBudget),
                 c(Counter::StackCopyLost),
+                self.unwind.attributed_waits,
             )?;
         }
         if c(Counter::NewProcessLost) > 0 {

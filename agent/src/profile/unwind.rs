@@ -10,7 +10,7 @@
 //! during the profile is unwound from its first snapshot.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs::File,
     ops::Range,
     sync::Arc,
@@ -137,6 +137,9 @@ pub struct UnwindStats {
     pub binaries: usize,
     /// Time spent unwinding (not counting reading the tables).
     pub unwind_time: Duration,
+    /// Off-CPU waits walked with frame pointers (over the copy budget) attributed to the
+    /// unwound stacks of copied waits that had the same frame-pointer stack.
+    pub attributed_waits: u64,
 }
 
 impl UnwindStats {
@@ -173,6 +176,9 @@ pub struct StackUnwinder {
     locks: HashMap<LockKey, WaitStats>,
     /// Off-CPU waits whose stack arrived and whose end has not, by wait id.
     pending: HashMap<u64, OffCpuKey>,
+    /// Off-CPU copies by the frame-pointer stack walked beside them: (tgid, fp stack id,
+    /// thread or 0) → unwound stack id → copies.
+    unwound_by_fp: HashMap<(u32, i32, u32), BTreeMap<u32, u64>>,
     /// When each process's maps were last re-read for an unknown address.
     rescanned: HashMap<u32, Instant>,
     pub stats: UnwindStats,
@@ -245,6 +251,14 @@ impl StackUnwinder {
                     state: event.extra,
                     pid: event.tid,
                 };
+                if event.fp_stack_id >= 0 {
+                    *self
+                        .unwound_by_fp
+                        .entry((event.tgid, event.fp_stack_id, event.tid))
+                        .or_default()
+                        .entry(id as u32)
+                        .or_default() += 1;
+                }
                 self.pending.insert(event.value, key);
             }
             stack_copy::LOCK => {
@@ -261,9 +275,9 @@ impl StackUnwinder {
         }
     }
 
-    /// Adds what was unwound to the kernel's aggregates. `raw.open_copied_waits` closes
-    /// the off-CPU waits still open at the end.
-    pub fn finish(mut self, raw: &mut RawProfile) {
+    /// Adds what was unwound to the kernel's aggregates (`raw.open_copied_waits` closes
+    /// the off-CPU waits still open at the end); the final statistics.
+    pub fn finish(mut self, raw: &mut RawProfile) -> UnwindStats {
         for (wait_id, ns) in std::mem::take(&mut raw.open_copied_waits) {
             if let Some(key) = self.pending.remove(&wait_id) {
                 add_wait(self.offcpu.entry(key).or_default(), ns);
@@ -274,10 +288,52 @@ impl StackUnwinder {
                 .into_iter()
                 .map(|(key, count)| RawSample { key, count }),
         );
+        // Waits over the copy budget (`auto`) have a frame-pointer stack, cut short in code
+        // without frame pointers. Copied waits of the same process with that same
+        // frame-pointer stack were unwound: their unwound stacks are a sample of where such
+        // waits come from, so the wait time is shared among them in proportion to how often
+        // each was seen (the kernel stack and state stay the wait's own).
+        for (key, stats) in std::mem::take(&mut raw.offcpu) {
+            let seen = (key.user_stack_id >= 0)
+                .then(|| {
+                    self.unwound_by_fp
+                        .get(&(key.tgid, key.user_stack_id, key.pid))
+                })
+                .flatten();
+            let Some(seen) = seen else {
+                raw.offcpu.push((key, stats));
+                continue;
+            };
+            self.stats.attributed_waits += stats.count;
+            let copies: u64 = seen.values().sum();
+            let (mut ns_left, mut count_left) = (stats.total_ns, stats.count);
+            for (i, (&id, &n)) in seen.iter().enumerate() {
+                let (ns, count) = if i + 1 == seen.len() {
+                    (ns_left, count_left) // the remainder: totals are kept exactly
+                } else {
+                    let share =
+                        |x: u64| (u128::from(x) * u128::from(n) / u128::from(copies)) as u64;
+                    (share(stats.total_ns), share(stats.count))
+                };
+                ns_left -= ns;
+                count_left -= count;
+                let entry = self
+                    .offcpu
+                    .entry(OffCpuKey {
+                        user_stack_id: id as i32,
+                        ..key
+                    })
+                    .or_default();
+                entry.total_ns += ns;
+                entry.count += count;
+                entry.max_ns = entry.max_ns.max(stats.max_ns);
+            }
+        }
         raw.offcpu.extend(self.offcpu);
         raw.locks.extend(self.locks);
         raw.stacks
             .extend(self.stacks.into_iter().map(|(ips, id)| (id, ips)));
+        self.stats
     }
 
     /// The stack's instruction pointers, leaf first.
@@ -553,6 +609,62 @@ mod tests {
             raw.offcpu
                 .iter()
                 .all(|(k, _)| k.user_stack_id as u32 >= UNWOUND_ID_BASE)
+        );
+    }
+
+    #[test]
+    fn frame_pointer_waits_take_the_unwound_stacks_of_copies_with_their_fp_stack() {
+        let me = std::process::id();
+        let mut table = ProcessTable::default();
+        table.observe(me, None);
+        let mut unwinder = StackUnwinder::new();
+        // Two copied waits whose frame-pointer stack (walked beside the copy) was id 5.
+        for wait_id in [1, 2] {
+            let mut record = copy_own_stack(stack_copy::OFFCPU, wait_id);
+            record[68..72].copy_from_slice(&5i32.to_ne_bytes());
+            unwinder.add(&record, &mut table);
+        }
+        let wait = |user_stack_id: i32, total_ns: u64, count: u64| {
+            let key = OffCpuKey {
+                tgid: me,
+                user_stack_id,
+                kernel_stack_id: 3,
+                state: 1,
+                pid: 0,
+            };
+            let stats = WaitStats {
+                total_ns,
+                count,
+                max_ns: total_ns,
+            };
+            (key, stats)
+        };
+        // Over-budget waits from the kernel's map: stack 5 was seen copied, stack 6 not.
+        let mut raw = RawProfile {
+            offcpu: vec![wait(5, 9000, 3), wait(6, 100, 1)],
+            open_copied_waits: vec![(1, 10), (2, 20)],
+            ..Default::default()
+        };
+        let stats = unwinder.finish(&mut raw);
+        assert_eq!(stats.attributed_waits, 3);
+        let total: u64 = raw.offcpu.iter().map(|(_, s)| s.total_ns).sum();
+        assert_eq!(total, 9000 + 100 + 10 + 20, "no time lost or made up");
+        assert!(!raw.offcpu.iter().any(|(k, _)| k.user_stack_id == 5));
+        // The attributed time keeps the waits' own kernel stack and state.
+        let attributed: u64 = raw
+            .offcpu
+            .iter()
+            .filter(|(k, _)| (k.kernel_stack_id, k.state) == (3, 1) && k.user_stack_id != 6)
+            .map(|(k, s)| {
+                assert!(k.user_stack_id as u32 >= UNWOUND_ID_BASE, "{k:?}");
+                s.total_ns
+            })
+            .sum();
+        assert_eq!(attributed, 9000);
+        assert!(
+            raw.offcpu
+                .iter()
+                .any(|(k, s)| k.user_stack_id == 6 && s.total_ns == 100)
         );
     }
 }

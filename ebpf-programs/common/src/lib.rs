@@ -274,7 +274,10 @@ pub struct StackCopy {
     pub truncated: u32,
     /// With `--per-thread` (on-CPU, off-CPU): the thread id; else 0.
     pub tid: u32,
-    pub _pad: u32,
+    /// Off-CPU: the frame-pointer user stack id walked beside the copy (negative: none),
+    /// so that waits over the copy budget with that stack can be attributed to what the
+    /// copies unwound.
+    pub fp_stack_id: i32,
     pub stack: [u8; STACK_COPY_MAX],
     /// Never filled: makes the record `SEND_MASK + 1` bytes, so that a size masked with
     /// `SEND_MASK` is provably inside it for the verifier, whatever the compiler did to
