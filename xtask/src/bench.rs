@@ -253,6 +253,15 @@ impl BpfStats {
 
     /// Sum of (run_time_ns, run_cnt) of hindsight's programs, from bpftool.
     fn read() -> Result<(u64, u64)> {
+        Self::read_where(true)
+    }
+
+    /// The same, of every other program (e.g. bpftrace's, while it alone runs).
+    fn read_others() -> Result<(u64, u64)> {
+        Self::read_where(false)
+    }
+
+    fn read_where(ours: bool) -> Result<(u64, u64)> {
         let out = Command::new("bpftool")
             .args(["prog", "show", "--json"])
             .output()?;
@@ -262,10 +271,10 @@ impl BpfStats {
         for prog in progs.as_array().into_iter().flatten() {
             let name = prog["name"].as_str().unwrap_or_default();
             // bpftool shows names cut to 15 characters.
-            if ["oncpu_", "offcpu_", "lock_conten", "futex_", "process_exec"]
+            let is_ours = ["oncpu_", "offcpu_", "lock_conten", "futex_", "process_exec"]
                 .iter()
-                .any(|p| name.starts_with(p))
-            {
+                .any(|p| name.starts_with(p));
+            if is_ours == ours {
                 totals.0 += prog["run_time_ns"].as_u64().unwrap_or(0);
                 totals.1 += prog["run_cnt"].as_u64().unwrap_or(0);
             }
@@ -670,6 +679,7 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
         let stats = BpfStats::enable()?;
         let (mut base, mut ours, mut exact, mut theirs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut their_per_event = Vec::new();
         let (mut direct, mut per_event, mut exact_per_event, mut rates, mut rss) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut lost = 0u64;
@@ -770,7 +780,10 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
                         wait_for_line(stdout, "Attaching").context("bpftrace did not attach")?;
                         // Attached once it printed that and the probes are in place.
                         std::thread::sleep(Duration::from_millis(500));
+                        let (ns0, cnt0) = BpfStats::read_others()?;
                         theirs.push(time_pingpong(&pingpong)?.as_secs_f64());
+                        let (ns1, cnt1) = BpfStats::read_others()?;
+                        their_per_event.push((ns1 - ns0) as f64 / (cnt1 - cnt0).max(1) as f64);
                         // SAFETY: kill(2) on our own child; no memory is involved.
                         unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
                         bt.wait()?;
@@ -820,6 +833,12 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
             &mut text,
             "BPF cost per program run, every kernel stack walked",
             &exact_per_event,
+            |x| format!("{x:.0} ns"),
+        );
+        row(
+            &mut text,
+            "BPF cost per program run, bpftrace's script",
+            &their_per_event,
             |x| format!("{x:.0} ns"),
         );
         row(&mut text, "switch-outs recorded per second", &rates, |x| {
