@@ -84,6 +84,15 @@ impl Mode {
         }
     }
 
+    /// Names of `modes`, comma-separated, for messages.
+    pub fn list<'a>(modes: impl IntoIterator<Item = &'a Mode>) -> String {
+        modes
+            .into_iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Title, unit and colours of its flame graphs.
     pub fn labels(self, target: &str, host: &str) -> (String, &'static str, Palette) {
         match self {
@@ -237,11 +246,7 @@ pub fn run(request: &ProfileRequest, stop: BorrowedFd<'_>) -> Result<ProfileRepo
     let cpus = session.attached_cpus();
     tracing::info!(
         "recording {} ({}) of {} for {:.1} s (Ctrl-C stops early and still writes the profile)",
-        modes
-            .iter()
-            .map(|m| m.name())
-            .collect::<Vec<_>>()
-            .join(", "),
+        Mode::list(modes),
         if modes.contains(&Mode::Cpu) {
             format!("on-CPU sampling at {} Hz on {cpus} CPUs", request.frequency)
         } else {

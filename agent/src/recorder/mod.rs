@@ -272,12 +272,7 @@ fn record(inner: &Inner) -> Result<(), RecorderError> {
             tracing::warn!(
                 "flight recorder: cannot record lock contention ({:#}); recording {} without it",
                 err,
-                modes
-                    .iter()
-                    .filter(|m| **m != Mode::Locks)
-                    .map(|m| m.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                Mode::list(modes.iter().filter(|m| **m != Mode::Locks))
             );
             modes.retain(|m| *m != Mode::Locks);
             start_session(&filter, config, &modes)?
@@ -287,11 +282,7 @@ fn record(inner: &Inner) -> Result<(), RecorderError> {
     let cpus = session.attached_cpus();
     tracing::info!(
         "flight recorder: recording {} of {} ({} Hz on-CPU on {cpus} CPUs, off-CPU waits >= {} µs) in {} s windows, keeping {} min within {} MiB",
-        modes
-            .iter()
-            .map(|m| m.name())
-            .collect::<Vec<_>>()
-            .join(", "),
+        Mode::list(&modes),
         targets.describe(),
         config.frequency,
         config.min_block_us,
