@@ -95,7 +95,7 @@ fn finish(starts: &HashMap<u32, WaitStart>, pid: u32, lock: Option<u64>) {
 /// (`--unwind dwarf|auto`, within the budget).
 #[inline(always)]
 fn user_stack<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i32 {
-    if copies_enabled() && take_copy_budget() {
+    if copies_enabled() && take_copy_budget(now()) {
         stack_copy::COPIED
     } else {
         stack_id(ctx, USER_STACK)

@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_task_pt_regs,
+        bpf_probe_read_kernel, bpf_task_pt_regs, generated::bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuHashMap},
@@ -34,8 +34,8 @@ use hindsight_common::{
 };
 
 use crate::shared::{
-    STACK_COPIES, USER_STACK, add_wait, announce, copies_enabled, copy_user_stack, count, selected,
-    send_copy, stack_id, take_copy_budget, thread_of,
+    STACK_COPIES, USER_STACK, add_wait, announce, copies_enabled, copy_ring_flags, copy_user_stack,
+    count, selected, send_copy, stack_id, take_copy_budget, thread_of,
 };
 
 /// Waits shorter than this are not recorded (`--min-block`).
@@ -60,10 +60,10 @@ const TASK_DEAD: u64 = 0x80;
 const TASK_NOLOAD: u64 = 0x400;
 
 /// The last switch-out of each recorded thread, by `task_struct` address: its open wait
-/// (`ts != 0`) or, while it runs, the stacks to reuse. LRU: the entries of exited tasks are
-/// evicted rather than filling the map.
+/// (`ts != 0`) or, while it runs, the stacks to reuse. Removed at the task's last switch;
+/// LRU, so that entries missed there (none expected) are evicted rather than filling it.
 #[map]
-static OFFCPU_START: LruHashMap<u64, OffCpuStart> = LruHashMap::with_max_entries(32768, 0);
+pub static OFFCPU_START: LruHashMap<u64, OffCpuStart> = LruHashMap::with_max_entries(32768, 0);
 
 /// Time off the CPU per (process, stacks, state), per CPU.
 #[map]
@@ -84,16 +84,79 @@ fn classify(preempt: u64, state: u64) -> u32 {
     }
 }
 
-/// The system call the current task is in (`orig_ax` of its user registers; -1 if none).
+/// The current task's saved user registers (or a kernel thread's, whose `cs` says so).
 #[inline(always)]
-fn current_syscall() -> i32 {
+fn current_regs() -> Option<pt_regs> {
     // SAFETY: bpf_get_current_task_btf takes no arguments and returns the current task as
     // a trusted BTF pointer, which is what bpf_task_pt_regs requires; the registers are read
     // with bpf_probe_read_kernel, which checks the address.
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
-        bpf_probe_read_kernel(&raw const (*regs).orig_rax).map_or(-1, |nr| nr as i32)
+        bpf_probe_read_kernel(regs).ok()
     }
+}
+
+/// The first page is never mapped (`vm.mmap_min_addr` is at least 4096; only a
+/// CAP_SYS_RAWIO process can map below it, e.g. for DOS emulation).
+const NEVER_MAPPED: u64 = 4096;
+
+/// Frames read by `user_chain` before it gives up (the kernel walks up to 127).
+const CHAIN_FRAMES: usize = 32;
+
+#[inline(always)]
+fn mix(h: u64, v: u64) -> u64 {
+    let h = (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
+}
+
+/// A hash of what the kernel's frame-pointer walk of the current user stack reads: the
+/// registers, then each frame's (next frame, return address) up to the end of the chain.
+/// Equal hashes mean the walk would give the same stack, so its stack id can be reused;
+/// 0 when that cannot be vouched for (more than `CHAIN_FRAMES` frames, or a frame pointer
+/// that does not go up the stack: garbage the kernel would follow further than we do).
+///
+/// Cheaper than the walk because the walk ends by reading at the chain's last frame
+/// pointer, 0 at the outermost frame (or a small number left by code without frame
+/// pointers), which faults: a page fault per walk, most of its cost. Here those end the
+/// chain without a read.
+#[inline(always)]
+fn user_chain(regs: &pt_regs) -> u64 {
+    if regs.cs & 3 != 3 {
+        return 0; // no user registers: a kernel thread
+    }
+    let mut h = mix(
+        mix(mix(0x6a09_e667_f3bc_c908, regs.rip), regs.rsp),
+        regs.rbp,
+    );
+    let mut fp = regs.rbp;
+    let mut floor = regs.rsp;
+    for _ in 0..CHAIN_FRAMES {
+        if fp < NEVER_MAPPED {
+            // 0 at the outermost frame, or a small number that code without frame
+            // pointers left in the register: the kernel's read there faults and its walk
+            // stops, so this is where it ends too.
+            return h | 1;
+        }
+        if fp < floor || fp - regs.rsp > 8 << 20 {
+            return 0;
+        }
+        let mut frame = [0u64; 2];
+        // SAFETY: 16 bytes into a local array; the helper checks the user address.
+        let ret = unsafe {
+            bpf_probe_read_user(
+                frame.as_mut_ptr().cast(),
+                16,
+                fp as *const core::ffi::c_void,
+            )
+        };
+        if ret != 0 {
+            return mix(h, 1) | 1; // unreadable: the kernel's walk stops here too
+        }
+        h = mix(mix(h, frame[0]), frame[1]);
+        floor = fp + 16;
+        fp = frame[0];
+    }
+    0
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
@@ -125,7 +188,7 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
                         waited
                     },
                 };
-                if STACK_COPIES.output(&done, 0).is_err() {
+                if STACK_COPIES.output(&done, copy_ring_flags()).is_err() {
                     count(Counter::StackCopyLost);
                 } else if done.ns == 0 {
                     count(Counter::OffCpuSkipped);
@@ -143,8 +206,13 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
     }
 
     // `prev` (the current task) leaves: open its wait.
-    if ctx.pid() == 0 || prev_state & (EXIT_DEAD | EXIT_ZOMBIE | TASK_DEAD) != 0 {
-        return 0; // idle, or exiting for good
+    if ctx.pid() == 0 {
+        return 0; // idle
+    }
+    if prev_state & (EXIT_DEAD | EXIT_ZOMBIE | TASK_DEAD) != 0 {
+        // Exiting for good: its entry goes now rather than when the LRU evicts it.
+        let _ = OFFCPU_START.remove(&prev);
+        return 0;
     }
     let tgid = ctx.tgid();
     if !selected(tgid) {
@@ -155,14 +223,15 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
         count(Counter::OffCpuSkipped);
         return 0; // before the stack walks, which are the cost
     }
-    let syscall = current_syscall();
-    announce(&ctx, tgid);
+    let regs = current_regs();
+    let syscall = regs.map_or(-1, |r| r.orig_rax as i32);
     count(Counter::OffCpuSwitchOut);
     // `--unwind dwarf|auto`: the user stack goes to user space now, while it is the
     // current task's; frame pointers when over budget or when it cannot be sent.
     let mut walked_kernel = None;
     let mut walked_user = None;
-    if copies_enabled() && take_copy_budget() {
+    if copies_enabled() && take_copy_budget(now) {
+        announce(&ctx, tgid);
         let kernel_stack_id = stack_id(&ctx, 0);
         walked_kernel = Some(kernel_stack_id);
         let fp_stack_id = stack_id(&ctx, USER_STACK);
@@ -189,15 +258,34 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
                 state,
                 pid: thread_of(&ctx),
             };
-            open_wait(prev, now, key, syscall, wait_id);
+            open_wait(prev, now, key, syscall, wait_id, 0);
             return 0;
         }
     }
-    // Frame pointers: the user stack is walked every time; the kernel stack may be reused.
-    let user_stack_id = walked_user.unwrap_or_else(|| stack_id(&ctx, USER_STACK));
-    if let Some(last) = OFFCPU_START.get_ptr_mut(&prev) {
-        // SAFETY: a valid map value; `prev` is the current task, and only its own
-        // switch-out (here) and switch-in (after this) write its entry.
+    // Frame pointers: the user stack is walked unless its frame chain is the one walked
+    // last time (exact: `user_chain`); the kernel stack may be reused.
+    let chain = regs.map_or(0, |r| user_chain(&r));
+    let last = OFFCPU_START.get_ptr_mut(&prev);
+    let user_stack_id = match walked_user {
+        Some(id) => id,
+        None => match last {
+            // SAFETY: a valid map value; `prev` is the current task, and only its own
+            // switch-out (here) and switch-in (after this) write its entry.
+            Some(last)
+                if chain != 0
+                    && unsafe { (*last).user_chain } == chain
+                    && unsafe { (*last).key.user_stack_id } >= 0
+                    && unsafe { (*last).key.tgid } == tgid =>
+            {
+                count(Counter::OffCpuUserStackReused);
+                // SAFETY: as just above.
+                unsafe { (*last).key.user_stack_id }
+            }
+            _ => stack_id(&ctx, USER_STACK),
+        },
+    };
+    if let Some(last) = last {
+        // SAFETY: as above.
         let last = unsafe { &mut *last };
         let same_place = last.key.tgid == tgid
             && last.key.state == state
@@ -207,11 +295,15 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
             && last.key.kernel_stack_id >= 0;
         if walked_kernel.is_none() && same_place && last.reuses < KERNEL_STACK_REUSES.load() {
             last.reuses += 1;
+            last.user_chain = chain;
             last.ts = now;
             count(Counter::OffCpuKernelStackReused);
+            // No announcement either: this task's earlier switch-out made it, and
+            // `process_exec` drops the entry of a task that execs.
             return 0;
         }
     }
+    announce(&ctx, tgid);
     let key = OffCpuKey {
         tgid,
         user_stack_id,
@@ -219,14 +311,14 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
         state,
         pid: thread_of(&ctx),
     };
-    open_wait(prev, now, key, syscall, 0);
+    open_wait(prev, now, key, syscall, 0, chain);
     0
 }
 
 /// Opens the wait of the task `prev` (the current one) with freshly walked stacks: its
 /// entry is rewritten in place, or inserted.
 #[inline(always)]
-fn open_wait(prev: u64, now: u64, key: OffCpuKey, syscall: i32, wait_id: u64) {
+fn open_wait(prev: u64, now: u64, key: OffCpuKey, syscall: i32, wait_id: u64, user_chain: u64) {
     if let Some(last) = OFFCPU_START.get_ptr_mut(&prev) {
         // SAFETY: as in `offcpu_switch`: only this task's own switches write its entry.
         let last = unsafe { &mut *last };
@@ -234,6 +326,7 @@ fn open_wait(prev: u64, now: u64, key: OffCpuKey, syscall: i32, wait_id: u64) {
         last.reuses = 0;
         last.syscall = syscall;
         last.wait_id = wait_id;
+        last.user_chain = user_chain;
         last.ts = now;
         return;
     }
@@ -243,6 +336,7 @@ fn open_wait(prev: u64, now: u64, key: OffCpuKey, syscall: i32, wait_id: u64) {
         reuses: 0,
         syscall,
         wait_id,
+        user_chain,
     };
     if OFFCPU_START.insert(&prev, &out, BPF_ANY as u64).is_err() {
         count(Counter::OffCpuMapFull);

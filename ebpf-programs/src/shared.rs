@@ -5,7 +5,8 @@ use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_NOEXIST, pt_regs},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
     },
     macros::{map, raw_tracepoint},
@@ -144,6 +145,10 @@ pub fn announce<C: EbpfContext>(ctx: &C, tgid: u32) {
 pub fn process_exec(ctx: RawTracePointContext) -> i32 {
     let tgid = ctx.tgid();
     let _ = SEEN_TGIDS.remove(&tgid);
+    let _ = STACK_ENDS.remove(&bpf_get_current_pid_tgid());
+    // Its stacks are new too: no off-CPU stack reuse across the exec.
+    // SAFETY: helper without arguments.
+    let _ = crate::offcpu::OFFCPU_START.remove(&unsafe { bpf_get_current_task() });
     0
 }
 
@@ -197,15 +202,37 @@ static COPY_BUDGET: PerCpuArray<CopyBudget> = PerCpuArray::with_max_entries(1, 0
 #[map]
 pub static STACK_COPIES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
+/// Bytes waiting in `STACK_COPIES` from which a record wakes the reader; set by the loader
+/// (a quarter of the ring). Below it records go in without a wake-up.
+#[unsafe(no_mangle)]
+static COPY_WAKEUP_BYTES: Global<u64> = Global::new(0);
+
+/// Flags for an output to `STACK_COPIES`: no wake-up until `COPY_WAKEUP_BYTES` wait.
+///
+/// A wake-up per record (the default flag) costs the producing CPU an irq_work and, when
+/// the reader sleeps on another CPU, an inter-processor interrupt: in a VM that was most of
+/// a stack copy's cost at ~1000 copies per second. The reader also drains the ring on a
+/// timer (`crate::profile`'s loop), so records below the threshold are not left behind.
+#[inline(always)]
+pub fn copy_ring_flags() -> u64 {
+    if STACK_COPIES.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64) >= COPY_WAKEUP_BYTES.load()
+    {
+        aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 /// Whether user stacks are copied for DWARF unwinding (`--unwind dwarf|auto`).
 #[inline(always)]
 pub fn copies_enabled() -> bool {
     STACK_COPY_BYTES.load() != 0
 }
 
-/// Takes one wait copy from this CPU's budget; false (counted) when it is spent.
+/// Takes one wait copy from this CPU's budget (`now`: the event's time, so that the check
+/// costs no clock read of its own); false (counted) when it is spent.
 #[inline(always)]
-pub fn take_copy_budget() -> bool {
+pub fn take_copy_budget(now: u64) -> bool {
     let per_sec = COPY_BUDGET_PER_SEC.load();
     if per_sec == 0 {
         return true;
@@ -215,8 +242,6 @@ pub fn take_copy_budget() -> bool {
     };
     // SAFETY: this CPU's slot of a per-CPU array; one program per CPU at a time.
     let budget = unsafe { &mut *budget };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     if now.saturating_sub(budget.window_start) >= 1_000_000_000 {
         budget.window_start = now;
         budget.used = 0;
@@ -231,9 +256,19 @@ pub fn take_copy_budget() -> bool {
 
 const CHUNK: usize = 512;
 
+/// The end of each thread's stack (the first unreadable address above its stack pointer,
+/// page-aligned), by `pid_tgid`, learned by the first copy that ran into it. Later copies
+/// stop there instead of faulting on it: a faulting read costs a page fault each, and the
+/// search for the end took several, most of a main thread's copy. A stale end (a thread id
+/// reused) is corrected by the next copy that faults; `process_exec` forgets the end of
+/// a thread that execs (its stack is new).
+#[map]
+pub static STACK_ENDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// Fills this CPU's scratch record with the current task's user registers and the stack
-/// from its `sp` up, in chunks until the size limit or the first unreadable byte (the
-/// stack's end is not known here). `None` (counted) for a task without user registers.
+/// from its `sp` up, in chunks until the size limit or the stack's end (known from
+/// `STACK_ENDS`, or found at the first unreadable byte). `None` (counted) for a task
+/// without user registers.
 #[inline(always)]
 pub fn copy_user_stack() -> Option<&'static mut StackCopy> {
     let record = COPY_SCRATCH.get_ptr_mut(0)?;
@@ -255,13 +290,36 @@ pub fn copy_user_stack() -> Option<&'static mut StackCopy> {
     record.ip = regs.rip;
     record.sp = regs.rsp;
     record.bp = regs.rbp;
-    let limit = STACK_COPY_BYTES.load() as usize;
+    let limit = STACK_COPY_BYTES.load() as u64;
+    let thread = bpf_get_current_pid_tgid();
     let base = record.stack.as_mut_ptr();
+    // SAFETY: the value is copied out at once.
+    if let Some(end) = unsafe { STACK_ENDS.get(&thread) }.copied()
+        && end > regs.rsp
+    {
+        // The end is known: one read, up to the limit or the end, whichever is nearer.
+        let want = limit.min(end - regs.rsp);
+        // 1..=STACK_COPY_MAX, in a form the verifier can bound (`want` is at least 1).
+        let size = ((want - 1) & (STACK_COPY_MAX as u64 - 1)) + 1;
+        // SAFETY: `size <= STACK_COPY_MAX`: inside `stack`; the helper checks the user
+        // address.
+        let ret = unsafe { bpf_probe_read_user(base.cast(), size as u32, regs.rsp as *const _) };
+        if ret == 0 {
+            let truncated = end - regs.rsp > limit;
+            if truncated {
+                count(Counter::StackCopyTruncated);
+            }
+            record.len = size as u32;
+            record.truncated = u32::from(truncated);
+            return Some(record);
+        }
+        // A stale end (the thread id was reused): search again.
+    }
     let mut len = 0usize;
     let mut faulted = false;
     for i in 0..STACK_COPY_MAX / CHUNK {
         let off = i * CHUNK;
-        if off + CHUNK > limit {
+        if off as u64 + CHUNK as u64 > limit {
             break;
         }
         // SAFETY: `off + CHUNK <= STACK_COPY_MAX`: inside `stack`; the helper checks the
@@ -298,11 +356,15 @@ pub fn copy_user_stack() -> Option<&'static mut StackCopy> {
             }
             size /= 2;
         }
+        // `len` is within 8 bytes of the first unreadable byte; mappings end on pages.
+        let end = (regs.rsp + len as u64 + 4095) & !4095;
+        let _ = STACK_ENDS.insert(&thread, &end, 0);
     } else {
         count(Counter::StackCopyTruncated);
     }
+    let truncated = !faulted;
     record.len = len as u32;
-    record.truncated = u32::from(!faulted);
+    record.truncated = u32::from(truncated);
     Some(record)
 }
 
@@ -316,7 +378,7 @@ pub fn send_copy(record: &StackCopy) -> bool {
     // SAFETY: `size <= SEND_MASK < size_of::<StackCopy>()`; `StackCopy` is plain data.
     let bytes =
         unsafe { core::slice::from_raw_parts(core::ptr::from_ref(record).cast::<u8>(), size) };
-    if STACK_COPIES.output(bytes, 0).is_ok() {
+    if STACK_COPIES.output(bytes, copy_ring_flags()).is_ok() {
         count(Counter::StackCopied);
         true
     } else {

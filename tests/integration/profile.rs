@@ -710,3 +710,58 @@ fn cgroup_created_while_sampling_is_included() {
         "{samples} samples of the process in the late cgroup"
     );
 }
+
+/// Off-CPU reuses a thread's last user stack id when its frame chain is the same as at
+/// the last walk. Two callers that reach the same system call through the same functions at
+/// the same depth, with identical registers and first frames, must still get their own
+/// time: the short one 5 of every 35 ms.
+#[test]
+fn offcpu_user_stack_reuse_keeps_callers_apart() {
+    let Some(_serial) = require_root("offcpu_user_stack_reuse_keeps_callers_apart") else {
+        return;
+    };
+    let workload = Workload::start(fixture("twocallers"), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let pid = workload.pid().to_string();
+    let (folded, stdout) = profile_mode(
+        "offcpu",
+        "Off-CPU time (µs blocked)",
+        &["--pid", &pid, "--duration", "3", "--unwind", "fp"],
+        out.path(),
+    );
+    // Only meaningful if waits did reuse a user stack (the second of two long waits).
+    let reused: u64 = stdout
+        .split_once(" the last user stack")
+        .and_then(|(before, _)| before.rsplit(", ").next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no user-stack reuse count in the summary:\n{stdout}"));
+    assert!(
+        reused > 10,
+        "only {reused} switch-outs reused a user stack:\n{stdout}"
+    );
+    let time_under = |caller: &str| -> u64 {
+        folded
+            .iter()
+            .filter_map(|(frames, n)| {
+                let frames: Vec<&str> = frames.collect();
+                frames
+                    .windows(3)
+                    .any(|w| w == [caller, "middle", "wait_here"])
+                    .then_some(n)
+            })
+            .sum()
+    };
+    let (short, long) = (time_under("short_waits"), time_under("long_waits"));
+    let total = short + long;
+    let wall_us = sampled_seconds(&stdout) * 1e6;
+    assert!(
+        (total as f64 / wall_us - 1.0).abs() < 0.10,
+        "wait_here: {total} µs blocked over {wall_us:.0} µs of profile\n{stdout}"
+    );
+    // 5 ms of every 35; a reuse keyed on less than the whole chain would put each wait
+    // under the caller walked before it (short_waits 15/35) or under one caller (0 or 1).
+    let share = short as f64 / total as f64;
+    assert!(
+        (share - 5.0 / 35.0).abs() < 0.05,
+        "short_waits: {short} of {total} µs ({share:.3}); want 5/35 = 0.143\n{stdout}"
+    );
+}

@@ -50,8 +50,10 @@ impl Default for UnwindSettings {
             // 8 KiB reaches `main` from all but deep or stack-hungry code; the copy costs
             // a few microseconds.
             stack_bytes: 8 * 1024,
-            // 1000 copies/s/CPU: ~8 MB/s of copies per CPU at most.
-            wait_budget: 1000,
+            // 250 copies/s/CPU: ~2 MB/s of copies and, at ~10 µs a copy (two stack walks
+            // and 8 KiB copied twice), ~0.25% of each CPU at most. Waits over it that share
+            // a frame-pointer stack with copied ones are attributed to what those unwound.
+            wait_budget: 250,
             // 4 MiB: ~500 copies of 8 KiB between two reads of the ring.
             ring_bytes: 4 * 1024 * 1024,
         }
@@ -75,6 +77,12 @@ impl UnwindSettings {
             UnwindMode::Auto => self.wait_budget.max(1),
             UnwindMode::Fp | UnwindMode::Dwarf => 0,
         }
+    }
+
+    /// `COPY_WAKEUP_BYTES`: records wake the reader only once a quarter of the ring is
+    /// waiting; below that the reader's poll timeout drains them.
+    pub(super) fn wakeup_bytes(&self) -> u64 {
+        u64::from(self.ring_size() / 4)
     }
 
     pub(super) fn ring_size(&self) -> u32 {
@@ -202,6 +210,6 @@ mod tests {
         assert_eq!((s.copy_bytes(), s.budget()), (8192, 0));
         s.mode = UnwindMode::Auto;
         s.stack_bytes = 1 << 20;
-        assert_eq!((s.copy_bytes(), s.budget()), (STACK_COPY_MAX as u32, 1000));
+        assert_eq!((s.copy_bytes(), s.budget()), (STACK_COPY_MAX as u32, 250));
     }
 }

@@ -110,12 +110,13 @@ impl fmt::Display for ProfileReport {
                 Mode::OffCpu => writeln!(
                     f,
                     "  {:.1} ms off-CPU in {} processes; kernel: {} switch-outs recorded ({} reused \
-                     the last kernel stack), {} waits added, {} skipped (--min-block/--state), \
-                     {} lost to full maps",
+                     the last kernel stack, {} the last user stack), {} waits added, {} skipped \
+                     (--min-block/--state), {} lost to full maps",
                     out.fold.weight as f64 / 1e3,
                     out.fold.processes,
                     c(Counter::OffCpuSwitchOut),
                     c(Counter::OffCpuKernelStackReused),
+                    c(Counter::OffCpuUserStackReused),
                     c(Counter::OffCpuRecorded),
                     c(Counter::OffCpuSkipped),
                     c(Counter::OffCpuMapFull),

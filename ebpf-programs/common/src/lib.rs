@@ -106,10 +106,13 @@ pub enum Counter {
     StackCopyLost,
     /// DWARF unwinding: no user registers (kernel thread): frame-pointer path taken.
     StackCopyNoRegs,
+    /// Off-CPU: a switch-out's frame chain was the same as the thread's last walked one,
+    /// so its user stack id was reused instead of walked again.
+    OffCpuUserStackReused,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 27] = [
         Counter::Samples,
         Counter::Idle,
         Counter::FilteredOut,
@@ -136,6 +139,7 @@ impl Counter {
         Counter::StackCopyOverBudget,
         Counter::StackCopyLost,
         Counter::StackCopyNoRegs,
+        Counter::OffCpuUserStackReused,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 }
@@ -171,6 +175,10 @@ pub struct OffCpuStart {
     /// With `key.user_stack_id == stack_copy::COPIED`: the id of the [`StackCopy`] sent
     /// at switch-out; the wait's end is sent as a [`WaitDone`] with the same id.
     pub wait_id: u64,
+    /// A hash of the user registers and of every frame-pointer frame read to the chain's
+    /// end when `key.user_stack_id` was walked; 0: none. The same hash at the next
+    /// switch-out means the kernel's walk would find the same frames.
+    pub user_chain: u64,
 }
 
 /// Task states an off-CPU wait is classified into (from `prev_state` and `preempt` of
