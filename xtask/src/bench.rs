@@ -639,19 +639,75 @@ struct OffCpuRun {
     /// BPF nanoseconds per program run.
     per_event: f64,
     rss_mib: f64,
-    /// Switch-outs recorded per second.
+    /// Events handled per second during the workload: our BPF programs' runs.
     rate: f64,
     lost: u64,
 }
 
-/// Round trips and computation per message giving ~100k context switches/s here.
-const PINGPONG: [&str; 2] = ["60000", "3500"];
+/// The ping-pong workload of the off-CPU part.
+struct PingPong<'a> {
+    bin: &'a Path,
+    args: Vec<String>,
+    /// What it is, for the report.
+    what: &'static str,
+}
 
-fn time_pingpong(bin: &Path) -> Result<Duration> {
-    let start = Instant::now();
-    let out = Command::new(bin).args(PINGPONG).output()?;
-    ensure!(out.status.success(), "pingpong failed");
-    Ok(start.elapsed())
+/// The issue's context-switch rate.
+const SWITCH_RATE_TARGET: f64 = 100_000.0;
+
+impl PingPong<'_> {
+    fn time(&self) -> Result<Duration> {
+        let start = Instant::now();
+        let out = Command::new(self.bin).args(&self.args).output()?;
+        ensure!(out.status.success(), "pingpong {:?} failed", self.args);
+        Ok(start.elapsed())
+    }
+
+    /// Context switches per second (every CPU, /proc/stat) during one run.
+    fn switch_rate(&self) -> Result<f64> {
+        let ctxt0 = context_switches()?;
+        let wall = self.time()?;
+        Ok((context_switches()? - ctxt0) as f64 / wall.as_secs_f64())
+    }
+
+    /// Both threads on CPU 0, with the computation per message calibrated to
+    /// `SWITCH_RATE_TARGET` and enough round trips for ~3 s.
+    fn pinned(bin: &Path) -> Result<PingPong<'_>> {
+        let probe = |work: f64, roundtrips: f64| PingPong {
+            bin,
+            args: vec![
+                format!("{roundtrips:.0}"),
+                format!("{work:.0}"),
+                "0".to_owned(),
+            ],
+            what: "both threads on CPU 0",
+        };
+        let mut work = 3500.0;
+        let mut rate = probe(work, 20_000.0).switch_rate()?;
+        for _ in 0..6 {
+            if (rate / SWITCH_RATE_TARGET - 1.0).abs() < 0.05
+                || (work == 0.0 && rate < SWITCH_RATE_TARGET)
+            {
+                break;
+            }
+            // Time per round trip = fixed cost + work: scaling the work by the rate's
+            // error over-corrects by the fixed part, and converges in a few steps.
+            work = (work * rate / SWITCH_RATE_TARGET).floor().max(0.0);
+            rate = probe(work, 20_000.0).switch_rate()?;
+        }
+        // Two switches per round trip.
+        Ok(probe(work, (3.0 * rate / 2.0).max(10_000.0)))
+    }
+
+    /// Unpinned, as before: each message wakes the other thread, often on the other,
+    /// idle CPU, which in this VM is slow and sets the rate.
+    fn unpinned(bin: &Path) -> PingPong<'_> {
+        PingPong {
+            bin,
+            args: vec!["60000".to_owned(), "3500".to_owned()],
+            what: "threads free to run on either CPU",
+        }
+    }
 }
 
 fn context_switches() -> Result<u64> {
@@ -662,7 +718,7 @@ fn context_switches() -> Result<u64> {
 }
 
 fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize) -> Result<String> {
-    let pingpong = build_fixture(ws, out, "pingpong", &[])?;
+    let fixture = build_fixture(ws, out, "pingpong", &[])?;
     let dir = out.join("offcpu");
     fs::create_dir_all(&dir)?;
     // bpftrace needs tracefs for tracepoint:; hindsight mounts it itself when missing.
@@ -677,182 +733,181 @@ fn offcpu(ws: &Workspace, bin: &Path, out: &Path, args: &BenchArgs, cpus: usize)
     }
     let result = (|| -> Result<String> {
         let stats = BpfStats::enable()?;
-        let (mut base, mut ours, mut exact, mut theirs) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut their_per_event = Vec::new();
-        let (mut direct, mut per_event, mut exact_per_event, mut rates, mut rss) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut lost = 0u64;
-        time_pingpong(&pingpong)?; // warm-up
-        let ctxt0 = context_switches()?;
-        let t0 = Instant::now();
-        time_pingpong(&pingpong)?;
-        let switch_rate = (context_switches()? - ctxt0) as f64 / t0.elapsed().as_secs_f64();
-        let run_ours = |extra: &[&str]| -> Result<OffCpuRun> {
-            let mut agent_args = vec![
-                "--all",
-                "--mode",
-                "offcpu,locks",
-                "--duration",
-                "3600",
-                "--unwind",
-                &args.unwind,
-            ];
-            agent_args.extend_from_slice(extra);
-            let agent = Agent::start(bin, &agent_args, &dir)?;
-            let (cpu0, (ns0, cnt0)) = (cpu_time(agent.pid())?, BpfStats::read()?);
-            let wall = time_pingpong(&pingpong)?;
-            let (cpu1, (ns1, cnt1)) = (cpu_time(agent.pid())?, BpfStats::read()?);
-            let (stdout, max_rss) = agent.finish()?;
-            let used = (cpu1 - cpu0).as_secs_f64() + (ns1 - ns0) as f64 / 1e9;
-            let recorded: f64 = stdout
-                .lines()
-                .find_map(|l| {
-                    l.split("kernel: ")
-                        .nth(1)?
-                        .split(" switch-outs")
-                        .next()?
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or(0.0);
-            let seconds: f64 = stdout
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("recorded ")?
-                        .split(" for ")
-                        .nth(1)?
-                        .split(" s")
-                        .next()?
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or(1.0);
-            let lost = stdout
-                .lines()
-                .filter_map(|l| {
-                    l.split(", ")
-                        .last()?
-                        .split(" lost to full maps")
-                        .next()?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .sum::<u64>();
-            Ok(OffCpuRun {
-                wall: wall.as_secs_f64(),
-                direct: used / (wall.as_secs_f64() * cpus as f64),
-                per_event: (ns1 - ns0) as f64 / (cnt1 - cnt0).max(1) as f64,
-                rss_mib: max_rss as f64 / 1024.0,
-                rate: recorded / seconds,
-                lost,
-            })
-        };
-        for pair in 0..args.pairs {
-            // Rotate the order of the four runs so none always goes first.
-            for slot in 0..4 {
-                match (pair + slot) % 4 {
-                    0 => base.push(time_pingpong(&pingpong)?.as_secs_f64()),
-                    1 => {
-                        let run = run_ours(&[])?;
-                        ours.push(run.wall);
-                        direct.push(run.direct);
-                        per_event.push(run.per_event);
-                        rss.push(run.rss_mib);
-                        rates.push(run.rate);
-                        lost += run.lost;
-                    }
-                    2 => {
-                        // Exact kernel stacks: walked at every switch-out.
-                        let run = run_ours(&["--offcpu-kstack-reuse", "0"])?;
-                        exact.push(run.wall);
-                        exact_per_event.push(run.per_event);
-                        lost += run.lost;
-                    }
-                    _ => {
-                        let mut bt = Command::new("bpftrace")
-                            .args(["-e", BPFTRACE_OFFCPU])
-                            .stdout(Stdio::piped())
-                            .stderr(Stdio::null())
-                            .spawn()
-                            .context("starting bpftrace (apt package bpftrace)")?;
-                        let stdout = bt.stdout.take().context("no stdout")?;
-                        wait_for_line(stdout, "Attaching").context("bpftrace did not attach")?;
-                        // Attached once it printed that and the probes are in place.
-                        std::thread::sleep(Duration::from_millis(500));
-                        let (ns0, cnt0) = BpfStats::read_others()?;
-                        theirs.push(time_pingpong(&pingpong)?.as_secs_f64());
-                        let (ns1, cnt1) = BpfStats::read_others()?;
-                        their_per_event.push((ns1 - ns0) as f64 / (cnt1 - cnt0).max(1) as f64);
-                        // SAFETY: kill(2) on our own child; no memory is involved.
-                        unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
-                        bt.wait()?;
-                    }
-                }
-            }
-            println!(
-                "xtask: bench: offcpu pair {pair}: without {:.3} s, hindsight {:.3} s, \
-                 hindsight exact kernel stacks {:.3} s, bpftrace {:.3} s",
-                base[pair], ours[pair], exact[pair], theirs[pair]
-            );
-        }
-        drop(stats);
-        let ratio =
-            |with: &[f64]| -> Vec<f64> { with.iter().zip(&base).map(|(w, b)| w / b).collect() };
         let mut text = format!(
-            "## Off-CPU and locks: pipe ping-pong (~{:.0}k context switches/s), `--all --mode offcpu,locks --unwind {}`\n\n",
-            switch_rate / 1e3,
+            "## Off-CPU and locks: `--all --mode offcpu,locks --unwind {}` on a pipe ping-pong\n\n\
+             Slowdown = wall time with / without, per interleaved pair. On one CPU every switch\n\
+             goes straight from one thread to the other (the issue's ~100k/s); on two, most\n\
+             wake an idle CPU, which is slow in this VM and sets a lower rate.\n\n",
             args.unwind
         );
-        writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
-        for (name, r) in [
-            (
-                "hindsight (default: kernel stacks reused, walked every 16th)",
-                ratio(&ours),
-            ),
-            (
-                "hindsight --offcpu-kstack-reuse 0 (every kernel stack walked)",
-                ratio(&exact),
-            ),
-            ("bpftrace (equivalent sched_switch script)", ratio(&theirs)),
-        ] {
-            row(&mut text, &format!("slowdown with {name}"), &r, |x| {
-                format!("{:+.1}%", (x - 1.0) * 100.0)
-            });
+        for pingpong in [PingPong::pinned(&fixture)?, PingPong::unpinned(&fixture)] {
+            text += &offcpu_workload(bin, &dir, args, cpus, &pingpong)?;
         }
-        row(
-            &mut text,
-            "hindsight direct: (agent CPU + BPF run time) / CPU available",
-            &direct,
-            |x| format!("{:.2}%", x * 100.0),
-        );
-        row(&mut text, "BPF cost per program run", &per_event, |x| {
-            format!("{x:.0} ns")
-        });
-        row(
-            &mut text,
-            "BPF cost per program run, every kernel stack walked",
-            &exact_per_event,
-            |x| format!("{x:.0} ns"),
-        );
-        row(
-            &mut text,
-            "BPF cost per program run, bpftrace's script",
-            &their_per_event,
-            |x| format!("{x:.0} ns"),
-        );
-        row(&mut text, "switch-outs recorded per second", &rates, |x| {
-            format!("{x:.0}")
-        });
-        writeln!(text, "| events lost to full maps (all runs) | {lost} | | |")?;
-        row(&mut text, "agent peak RSS", &rss, |x| format!("{x:.1} MiB"));
-        text.push('\n');
+        drop(stats);
         Ok(text)
     })();
     if !tracefs_was_mounted {
         let _ = Command::new("umount").arg("/sys/kernel/tracing").status();
     }
     result
+}
+
+/// The interleaved runs of one ping-pong workload: without, hindsight (default and every
+/// kernel stack walked) and bpftrace; its table.
+fn offcpu_workload(
+    bin: &Path,
+    dir: &Path,
+    args: &BenchArgs,
+    cpus: usize,
+    pingpong: &PingPong,
+) -> Result<String> {
+    let (mut base, mut ours, mut exact, mut theirs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut their_per_event = Vec::new();
+    let (mut direct, mut per_event, mut exact_per_event, mut rates, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut lost = 0u64;
+    pingpong.time()?; // warm-up
+    let switch_rate = pingpong.switch_rate()?;
+    let run_ours = |extra: &[&str]| -> Result<OffCpuRun> {
+        let mut agent_args = vec![
+            "--all",
+            "--mode",
+            "offcpu,locks",
+            "--duration",
+            "3600",
+            "--unwind",
+            &args.unwind,
+        ];
+        agent_args.extend_from_slice(extra);
+        let agent = Agent::start(bin, &agent_args, dir)?;
+        let (cpu0, (ns0, cnt0)) = (cpu_time(agent.pid())?, BpfStats::read()?);
+        let wall = pingpong.time()?;
+        let (cpu1, (ns1, cnt1)) = (cpu_time(agent.pid())?, BpfStats::read()?);
+        let (stdout, max_rss) = agent.finish()?;
+        let used = (cpu1 - cpu0).as_secs_f64() + (ns1 - ns0) as f64 / 1e9;
+        let lost = stdout
+            .lines()
+            .filter_map(|l| {
+                l.split(", ")
+                    .last()?
+                    .split(" lost to full maps")
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>();
+        Ok(OffCpuRun {
+            wall: wall.as_secs_f64(),
+            direct: used / (wall.as_secs_f64() * cpus as f64),
+            per_event: (ns1 - ns0) as f64 / (cnt1 - cnt0).max(1) as f64,
+            rss_mib: max_rss as f64 / 1024.0,
+            rate: (cnt1 - cnt0) as f64 / wall.as_secs_f64(),
+            lost,
+        })
+    };
+    for pair in 0..args.pairs {
+        // Rotate the order of the four runs so none always goes first.
+        for slot in 0..4 {
+            match (pair + slot) % 4 {
+                0 => base.push(pingpong.time()?.as_secs_f64()),
+                1 => {
+                    let run = run_ours(&[])?;
+                    ours.push(run.wall);
+                    direct.push(run.direct);
+                    per_event.push(run.per_event);
+                    rss.push(run.rss_mib);
+                    rates.push(run.rate);
+                    lost += run.lost;
+                }
+                2 => {
+                    // Exact kernel stacks: walked at every switch-out.
+                    let run = run_ours(&["--offcpu-kstack-reuse", "0"])?;
+                    exact.push(run.wall);
+                    exact_per_event.push(run.per_event);
+                    lost += run.lost;
+                }
+                _ => {
+                    let mut bt = Command::new("bpftrace")
+                        .args(["-e", BPFTRACE_OFFCPU])
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("starting bpftrace (apt package bpftrace)")?;
+                    let stdout = bt.stdout.take().context("no stdout")?;
+                    wait_for_line(stdout, "Attaching").context("bpftrace did not attach")?;
+                    // Attached once it printed that and the probes are in place.
+                    std::thread::sleep(Duration::from_millis(500));
+                    let (ns0, cnt0) = BpfStats::read_others()?;
+                    theirs.push(pingpong.time()?.as_secs_f64());
+                    let (ns1, cnt1) = BpfStats::read_others()?;
+                    their_per_event.push((ns1 - ns0) as f64 / (cnt1 - cnt0).max(1) as f64);
+                    // SAFETY: kill(2) on our own child; no memory is involved.
+                    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
+                    bt.wait()?;
+                }
+            }
+        }
+        println!(
+            "xtask: bench: offcpu ({}) pair {pair}: without {:.3} s, hindsight {:.3} s, \
+                 hindsight exact kernel stacks {:.3} s, bpftrace {:.3} s",
+            pingpong.what, base[pair], ours[pair], exact[pair], theirs[pair]
+        );
+    }
+    let ratio = |with: &[f64]| -> Vec<f64> { with.iter().zip(&base).map(|(w, b)| w / b).collect() };
+    let mut text = format!(
+        "### Pipe ping-pong, {}: ~{:.0}k context switches/s (`pingpong {}`)\n\n",
+        pingpong.what,
+        switch_rate / 1e3,
+        pingpong.args.join(" ")
+    );
+    writeln!(text, "| measure | median | range | n |\n|---|---|---|---|")?;
+    for (name, r) in [
+        (
+            "hindsight (default: kernel stacks reused, walked every 16th)",
+            ratio(&ours),
+        ),
+        (
+            "hindsight --offcpu-kstack-reuse 0 (every kernel stack walked)",
+            ratio(&exact),
+        ),
+        ("bpftrace (equivalent sched_switch script)", ratio(&theirs)),
+    ] {
+        row(&mut text, &format!("slowdown with {name}"), &r, |x| {
+            format!("{:+.1}%", (x - 1.0) * 100.0)
+        });
+    }
+    row(
+        &mut text,
+        "hindsight direct: (agent CPU + BPF run time) / CPU available",
+        &direct,
+        |x| format!("{:.2}%", x * 100.0),
+    );
+    row(&mut text, "BPF cost per program run", &per_event, |x| {
+        format!("{x:.0} ns")
+    });
+    row(
+        &mut text,
+        "BPF cost per program run, every kernel stack walked",
+        &exact_per_event,
+        |x| format!("{x:.0} ns"),
+    );
+    row(
+        &mut text,
+        "BPF cost per program run, bpftrace's script",
+        &their_per_event,
+        |x| format!("{x:.0} ns"),
+    );
+    row(
+        &mut text,
+        "events handled per second (BPF program runs)",
+        &rates,
+        |x| format!("{x:.0}"),
+    );
+    writeln!(text, "| events lost to full maps (all runs) | {lost} | | |")?;
+    row(&mut text, "agent peak RSS", &rss, |x| format!("{x:.1} MiB"));
+    text.push('\n');
+    Ok(text)
 }
 
 /// The user-space unwinder's time per stack from the summary's `unwinding (...)` line.
@@ -1084,7 +1139,7 @@ impl Drop for Daemon {
 fn mixed_load(burn: &Path, pingpong: &Path, iterations: u64, cpus: usize) -> Result<(f64, f64)> {
     let start = Instant::now();
     let mut pp = Command::new(pingpong)
-        .args(PINGPONG)
+        .args(&PingPong::unpinned(pingpong).args)
         .stdout(Stdio::null())
         .spawn()?;
     let burn_wall = time_workload(burn, iterations, cpus)?.as_secs_f64();
