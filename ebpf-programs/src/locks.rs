@@ -20,8 +20,8 @@ use aya_ebpf::{
 use hindsight_common::{Counter, LockKey, WaitStats, errno, lock_flags, stack_copy};
 
 use crate::shared::{
-    USER_STACK, add_wait, announce, copies_enabled, copy_user_stack, count, selected, send_copy,
-    stack_id, take_copy_budget,
+    Budget, USER_STACK, add_wait, announce, copies_enabled, copy_user_stack, count, selected,
+    send_copy, stack_id, take_copy_budget,
 };
 
 #[repr(C)]
@@ -95,7 +95,7 @@ fn finish(starts: &HashMap<u32, WaitStart>, pid: u32, lock: Option<u64>) {
 /// (`--unwind dwarf|auto`, within the budget).
 #[inline(always)]
 fn user_stack<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i32 {
-    if copies_enabled() && take_copy_budget(now()) {
+    if copies_enabled() && take_copy_budget(now(), Budget::Locks) {
         stack_copy::COPIED
     } else {
         stack_id(ctx, USER_STACK)

@@ -34,8 +34,8 @@ use hindsight_common::{
 };
 
 use crate::shared::{
-    STACK_COPIES, USER_STACK, add_wait, announce, copies_enabled, copy_ring_flags, copy_user_stack,
-    count, selected, send_copy, stack_id, take_copy_budget, thread_of,
+    Budget, STACK_COPIES, USER_STACK, add_wait, announce, copies_enabled, copy_ring_flags,
+    copy_user_stack, count, selected, send_copy, stack_id, take_copy_budget, thread_of,
 };
 
 /// Waits shorter than this are not recorded (`--min-block`).
@@ -230,7 +230,7 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
     // current task's; frame pointers when over budget or when it cannot be sent.
     let mut walked_kernel = None;
     let mut walked_user = None;
-    if copies_enabled() && take_copy_budget(now) {
+    if copies_enabled() && take_copy_budget(now, Budget::OffCpu) {
         announce(&ctx, tgid);
         let kernel_stack_id = stack_id(&ctx, 0);
         walked_kernel = Some(kernel_stack_id);

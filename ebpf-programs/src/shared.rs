@@ -185,17 +185,30 @@ pub fn add_wait<K>(map: &PerCpuHashMap<K, WaitStats>, key: &K, ns: u64) -> bool 
 #[unsafe(no_mangle)]
 static STACK_COPY_BYTES: Global<u32> = Global::new(0);
 
-/// Copies per second and CPU allowed for off-CPU and lock waits; 0: no limit.
+/// Copies per second and CPU allowed for lock waits; 0: no limit.
 #[unsafe(no_mangle)]
 static COPY_BUDGET_PER_SEC: Global<u64> = Global::new(0);
+
+/// The same for off-CPU waits: smaller (a quarter), because off-CPU waits over it are
+/// attributed in user space to what copied waits with the same frame-pointer stack
+/// unwound, and they come at every context switch.
+#[unsafe(no_mangle)]
+static OFFCPU_COPY_BUDGET_PER_SEC: Global<u64> = Global::new(0);
+
+/// Which budget a wait copy is taken from (`COPY_BUDGET` index).
+#[derive(Clone, Copy)]
+pub enum Budget {
+    Locks = 0,
+    OffCpu = 1,
+}
 
 /// This CPU's record under construction (too big for the 512-byte BPF stack).
 #[map]
 static COPY_SCRATCH: PerCpuArray<StackCopy> = PerCpuArray::with_max_entries(1, 0);
 
-/// This CPU's budget window for wait copies.
+/// This CPU's budget windows for wait copies, by `Budget`.
 #[map]
-static COPY_BUDGET: PerCpuArray<CopyBudget> = PerCpuArray::with_max_entries(1, 0);
+static COPY_BUDGET: PerCpuArray<CopyBudget> = PerCpuArray::with_max_entries(2, 0);
 
 /// Copied user stacks (`StackCopy`, cut after the copied bytes) and off-CPU wait ends
 /// (`WaitDone`), for user space to unwind. Its size is set by the loader.
@@ -232,12 +245,15 @@ pub fn copies_enabled() -> bool {
 /// Takes one wait copy from this CPU's budget (`now`: the event's time, so that the check
 /// costs no clock read of its own); false (counted) when it is spent.
 #[inline(always)]
-pub fn take_copy_budget(now: u64) -> bool {
-    let per_sec = COPY_BUDGET_PER_SEC.load();
+pub fn take_copy_budget(now: u64, which: Budget) -> bool {
+    let per_sec = match which {
+        Budget::Locks => COPY_BUDGET_PER_SEC.load(),
+        Budget::OffCpu => OFFCPU_COPY_BUDGET_PER_SEC.load(),
+    };
     if per_sec == 0 {
         return true;
     }
-    let Some(budget) = COPY_BUDGET.get_ptr_mut(0) else {
+    let Some(budget) = COPY_BUDGET.get_ptr_mut(which as u32) else {
         return false;
     };
     // SAFETY: this CPU's slot of a per-CPU array; one program per CPU at a time.

@@ -516,6 +516,28 @@ fn offcpu_attributes_blocked_time_to_the_waiting_functions() {
     );
 }
 
+/// A 3 s off-CPU profile of fixture `name` with frame pointers (waits whose user stack is
+/// copied for DWARF unwinding, `auto` within its budget, walk both stacks), checked to have
+/// reused stacks: the summary's count between `sep` and `phrase` must be over 10, or the
+/// test calling this would prove nothing.
+fn offcpu_reuse_profile(name: &str, sep: &str, phrase: &str) -> (Folded, String) {
+    let workload = Workload::start(fixture(name), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let pid = workload.pid().to_string();
+    let (folded, stdout) = profile_mode(
+        "offcpu",
+        "Off-CPU time (µs blocked)",
+        &["--pid", &pid, "--duration", "3", "--unwind", "fp"],
+        out.path(),
+    );
+    let reused: u64 = stdout
+        .split_once(phrase)
+        .and_then(|(before, _)| before.rsplit(sep).next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count before {phrase:?} in the summary:\n{stdout}"));
+    assert!(reused > 10, "only {reused} switch-outs{phrase}:\n{stdout}");
+    (folded, stdout)
+}
+
 /// Off-CPU reuses a thread's last kernel stack when it blocks again from the same user
 /// stack: a thread that alternates between nanosleep and a pipe read from one call site
 /// (one user stack) must still have each wait under its own kernel path, about half each.
@@ -525,27 +547,7 @@ fn offcpu_kernel_stack_reuse_keeps_distinct_kernel_paths_apart() {
     else {
         return;
     };
-    let workload = Workload::start(fixture("twopaths"), &[]);
-    let out = tempfile::tempdir().unwrap();
-    let pid = workload.pid().to_string();
-    // Frame pointers: waits whose user stack is copied for DWARF unwinding (`auto`, within
-    // its budget) always walk their kernel stack.
-    let (folded, stdout) = profile_mode(
-        "offcpu",
-        "Off-CPU time (µs blocked)",
-        &["--pid", &pid, "--duration", "3", "--unwind", "fp"],
-        out.path(),
-    );
-    // The summary says how many switch-outs reused a kernel stack: this test is only
-    // meaningful if some did.
-    let reused: u64 = stdout
-        .split_once(" reused the last kernel stack")
-        .and_then(|(before, _)| before.rsplit('(').next()?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no reuse count in the summary:\n{stdout}"));
-    assert!(
-        reused > 10,
-        "only {reused} switch-outs reused a kernel stack:\n{stdout}"
-    );
+    let (folded, stdout) = offcpu_reuse_profile("twopaths", "(", " reused the last kernel stack");
     let path_time = |kernel_frame: &str| -> u64 {
         folded
             .iter()
@@ -720,24 +722,8 @@ fn offcpu_user_stack_reuse_keeps_callers_apart() {
     let Some(_serial) = require_root("offcpu_user_stack_reuse_keeps_callers_apart") else {
         return;
     };
-    let workload = Workload::start(fixture("twocallers"), &[]);
-    let out = tempfile::tempdir().unwrap();
-    let pid = workload.pid().to_string();
-    let (folded, stdout) = profile_mode(
-        "offcpu",
-        "Off-CPU time (µs blocked)",
-        &["--pid", &pid, "--duration", "3", "--unwind", "fp"],
-        out.path(),
-    );
     // Only meaningful if waits did reuse a user stack (the second of two long waits).
-    let reused: u64 = stdout
-        .split_once(" the last user stack")
-        .and_then(|(before, _)| before.rsplit(", ").next()?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no user-stack reuse count in the summary:\n{stdout}"));
-    assert!(
-        reused > 10,
-        "only {reused} switch-outs reused a user stack:\n{stdout}"
-    );
+    let (folded, stdout) = offcpu_reuse_profile("twocallers", ", ", " the last user stack");
     let time_under = |caller: &str| -> u64 {
         folded
             .iter()

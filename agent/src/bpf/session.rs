@@ -100,6 +100,7 @@ impl Session {
         let kernel_stack_reuses = offcpu.kernel_stack_reuses;
         let copy_bytes = config.unwind.copy_bytes();
         let copy_budget = config.unwind.budget();
+        let offcpu_copy_budget = config.unwind.offcpu_budget();
         let copy_wakeup = config.unwind.wakeup_bytes();
         let per_thread = u32::from(config.per_thread);
         let mut ebpf = EbpfLoader::new()
@@ -110,6 +111,7 @@ impl Session {
             .override_global("KERNEL_STACK_REUSES", &kernel_stack_reuses, true)
             .override_global("STACK_COPY_BYTES", &copy_bytes, true)
             .override_global("COPY_BUDGET_PER_SEC", &copy_budget, true)
+            .override_global("OFFCPU_COPY_BUDGET_PER_SEC", &offcpu_copy_budget, true)
             .override_global("COPY_WAKEUP_BYTES", &copy_wakeup, true)
             .map_max_entries("STACK_COPIES", config.unwind.ring_size())
             .override_global("PER_THREAD", &per_thread, true)

@@ -50,10 +50,10 @@ impl Default for UnwindSettings {
             // 8 KiB reaches `main` from all but deep or stack-hungry code; the copy costs
             // a few microseconds.
             stack_bytes: 8 * 1024,
-            // 250 copies/s/CPU: ~2 MB/s of copies and, at ~10 µs a copy (two stack walks
-            // and 8 KiB copied twice), ~0.25% of each CPU at most. Waits over it that share
-            // a frame-pointer stack with copied ones are attributed to what those unwound.
-            wait_budget: 250,
+            // 1000 copies/s/CPU for lock waits (~8 MB/s of copies, and at ~10 µs a copy:
+            // two stack walks and 8 KiB copied twice, ~1% of each CPU at most); off-CPU
+            // waits a quarter of that (see `offcpu_budget`).
+            wait_budget: 1000,
             // 4 MiB: ~500 copies of 8 KiB between two reads of the ring.
             ring_bytes: 4 * 1024 * 1024,
         }
@@ -71,11 +71,21 @@ impl UnwindSettings {
         }
     }
 
-    /// `COPY_BUDGET_PER_SEC`: 0 is no limit.
+    /// `COPY_BUDGET_PER_SEC` (lock waits): 0 is no limit.
     pub(super) fn budget(&self) -> u64 {
         match self.mode {
             UnwindMode::Auto => self.wait_budget.max(1),
             UnwindMode::Fp | UnwindMode::Dwarf => 0,
+        }
+    }
+
+    /// `OFFCPU_COPY_BUDGET_PER_SEC`: a quarter of the budget. Off-CPU waits come at every
+    /// context switch, and those over budget are attributed to what copied waits with the
+    /// same frame-pointer stack unwound (`profile::unwind`), which lock waits are not.
+    pub(super) fn offcpu_budget(&self) -> u64 {
+        match self.budget() {
+            0 => 0,
+            n => (n / 4).max(1),
         }
     }
 
@@ -210,6 +220,9 @@ mod tests {
         assert_eq!((s.copy_bytes(), s.budget()), (8192, 0));
         s.mode = UnwindMode::Auto;
         s.stack_bytes = 1 << 20;
-        assert_eq!((s.copy_bytes(), s.budget()), (STACK_COPY_MAX as u32, 250));
+        assert_eq!((s.copy_bytes(), s.budget()), (STACK_COPY_MAX as u32, 1000));
+        assert_eq!(s.offcpu_budget(), 250);
+        s.wait_budget = 2;
+        assert_eq!(s.offcpu_budget(), 1, "never 0, which is no limit");
     }
 }

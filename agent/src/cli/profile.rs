@@ -116,10 +116,10 @@ pub struct ProfileArgs {
           value_parser = clap::value_parser!(u32).range(512..=16384))]
     pub unwind_stack: u32,
 
-    /// auto: stack copies per second and CPU for off-CPU and lock waits; beyond it they
-    /// use frame pointers. Bounds the cost on hosts that switch tasks very often: a copy
-    /// costs ~10 µs here, so the default is at most ~0.25% of each CPU.
-    #[arg(long, default_value_t = 250, value_name = "PER_SEC",
+    /// auto: stack copies per second and CPU for lock waits, and a quarter of it for
+    /// off-CPU waits; beyond it they use frame pointers. Bounds the cost on hosts that
+    /// switch tasks very often (a copy costs ~10 µs on our 2-CPU VMs).
+    #[arg(long, default_value_t = 1000, value_name = "PER_SEC",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub unwind_budget: u64,
 
