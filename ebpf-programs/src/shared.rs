@@ -223,9 +223,9 @@ static COPY_WAKEUP_BYTES: Global<u64> = Global::new(0);
 /// Flags for an output to `STACK_COPIES`: no wake-up until `COPY_WAKEUP_BYTES` wait.
 ///
 /// A wake-up per record (the default flag) costs the producing CPU an irq_work and, when
-/// the reader sleeps on another CPU, an inter-processor interrupt: in a VM that was most of
-/// a stack copy's cost at ~1000 copies per second. The reader also drains the ring on a
-/// timer (`crate::profile`'s loop), so records below the threshold are not left behind.
+/// the reader sleeps on another CPU, an inter-processor interrupt (outside the program's
+/// run time, so `bpf_stats` does not show it). The reader also drains the ring on a timer
+/// (`crate::profile`'s loop), so records below the threshold are not left behind.
 #[inline(always)]
 pub fn copy_ring_flags() -> u64 {
     if STACK_COPIES.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64) >= COPY_WAKEUP_BYTES.load()
@@ -275,9 +275,10 @@ const CHUNK: usize = 512;
 /// The end of each thread's stack (the first unreadable address above its stack pointer,
 /// page-aligned), by `pid_tgid`, learned by the first copy that ran into it. Later copies
 /// stop there instead of faulting on it: a faulting read costs a page fault each, and the
-/// search for the end took several, most of a main thread's copy. A stale end (a thread id
-/// reused) is corrected by the next copy that faults; `process_exec` forgets the end of
-/// a thread that execs (its stack is new).
+/// search for the end took several. A stale end beyond the stack (a thread id reused) is
+/// corrected by the next copy, which faults; `process_exec` forgets the end of a thread
+/// that execs (its stack is new). An end learned too low (a stack page swapped out when
+/// it was found) is not corrected: that thread's copies stop there.
 #[map]
 pub static STACK_ENDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
@@ -378,9 +379,8 @@ pub fn copy_user_stack() -> Option<&'static mut StackCopy> {
     } else {
         count(Counter::StackCopyTruncated);
     }
-    let truncated = !faulted;
     record.len = len as u32;
-    record.truncated = u32::from(truncated);
+    record.truncated = u32::from(!faulted);
     Some(record)
 }
 
