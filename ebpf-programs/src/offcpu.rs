@@ -258,35 +258,32 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
                 state,
                 pid: thread_of(&ctx),
             };
-            open_wait(prev, now, key, syscall, wait_id, 0);
+            // SAFETY: a valid map value; only this task's own switches write its entry.
+            let last = OFFCPU_START.get_ptr_mut(&prev).map(|p| unsafe { &mut *p });
+            open_wait(last, prev, now, key, syscall, wait_id, 0);
             return 0;
         }
     }
     // Frame pointers: the user stack is walked unless its frame chain is the one walked
     // last time (exact: `user_chain`); the kernel stack may be reused.
     let chain = regs.map_or(0, |r| user_chain(&r));
-    let last = OFFCPU_START.get_ptr_mut(&prev);
-    let user_stack_id = match walked_user {
-        Some(id) => id,
-        None => match last {
-            // SAFETY: a valid map value; `prev` is the current task, and only its own
-            // switch-out (here) and switch-in (after this) write its entry.
-            Some(last)
-                if chain != 0
-                    && unsafe { (*last).user_chain } == chain
-                    && unsafe { (*last).key.user_stack_id } >= 0
-                    && unsafe { (*last).key.tgid } == tgid =>
-            {
-                count(Counter::OffCpuUserStackReused);
-                // SAFETY: as just above.
-                unsafe { (*last).key.user_stack_id }
-            }
-            _ => stack_id(&ctx, USER_STACK),
-        },
+    // SAFETY: a valid map value; `prev` is the current task, and only its own switch-out
+    // (here) and switch-in (after this) write its entry.
+    let mut last = OFFCPU_START.get_ptr_mut(&prev).map(|p| unsafe { &mut *p });
+    let user_stack_id = match (walked_user, &last) {
+        (Some(id), _) => id,
+        (None, Some(last))
+            if chain != 0
+                && last.user_chain == chain
+                && last.key.user_stack_id >= 0
+                && last.key.tgid == tgid =>
+        {
+            count(Counter::OffCpuUserStackReused);
+            last.key.user_stack_id
+        }
+        _ => stack_id(&ctx, USER_STACK),
     };
-    if let Some(last) = last {
-        // SAFETY: as above.
-        let last = unsafe { &mut *last };
+    if let Some(last) = last.as_deref_mut() {
         let same_place = last.key.tgid == tgid
             && last.key.state == state
             && last.syscall == syscall
@@ -311,17 +308,23 @@ pub fn offcpu_switch(ctx: RawTracePointContext) -> i32 {
         state,
         pid: thread_of(&ctx),
     };
-    open_wait(prev, now, key, syscall, 0, chain);
+    open_wait(last, prev, now, key, syscall, 0, chain);
     0
 }
 
 /// Opens the wait of the task `prev` (the current one) with freshly walked stacks: its
-/// entry is rewritten in place, or inserted.
+/// entry `last` (looked up by the caller) is rewritten in place, or one is inserted.
 #[inline(always)]
-fn open_wait(prev: u64, now: u64, key: OffCpuKey, syscall: i32, wait_id: u64, user_chain: u64) {
-    if let Some(last) = OFFCPU_START.get_ptr_mut(&prev) {
-        // SAFETY: as in `offcpu_switch`: only this task's own switches write its entry.
-        let last = unsafe { &mut *last };
+fn open_wait(
+    last: Option<&mut OffCpuStart>,
+    prev: u64,
+    now: u64,
+    key: OffCpuKey,
+    syscall: i32,
+    wait_id: u64,
+    user_chain: u64,
+) {
+    if let Some(last) = last {
         last.key = key;
         last.reuses = 0;
         last.syscall = syscall;
